@@ -1,0 +1,191 @@
+"""The `siked` command line.
+
+    siked validate RUN.yaml                      check a manifest, print the resolved spec
+    siked schema                                 the spec's openAPIV3Schema (JSON)
+    siked verify IN.jsonl --out OUT.jsonl        verdict per completion, summary on stderr
+    siked data show PATH [--format F] [--limit N]
+    siked data synth --n N --seed S --out FILE
+    siked teacher gold|oracle IN --out FILE      offline teachers' solutions
+
+Heavy modules are imported inside each command, so `siked --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm import tqdm
+
+
+def _read_jsonl(path: str) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path} line {n}: not valid JSON ({exc.msg})")
+            if not isinstance(row, dict):
+                raise SystemExit(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+            yield row
+
+
+def _write_jsonl(rows: Iterable[dict], out: str | None) -> int:
+    stream = open(out, "w", encoding="utf-8") if out else sys.stdout
+    count = 0
+    try:
+        for row in rows:
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    finally:
+        if out:
+            stream.close()
+    return count
+
+
+def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    it = iter(rows)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def cmd_validate(args) -> int:
+    from siked_runtime.spec import SpecError, load_manifest
+
+    try:
+        run = load_manifest(Path(args.manifest))
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    import yaml
+
+    print(yaml.safe_dump(run.to_manifest(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from siked_runtime.crd_schema import spec_schema
+
+    print(json.dumps(spec_schema(), indent=2))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from siked_runtime.verify import Verifier, format_summary, summarize
+
+    rows = list(_read_jsonl(args.input))
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in ("answer", "completion") if k not in row]
+        if missing:
+            raise SystemExit(f"{args.input} record {n}: missing {', '.join(missing)}")
+    out_rows: list[dict] = []
+    start = time.perf_counter()
+    with Verifier(timeout=args.timeout) as verifier, tqdm(
+        total=len(rows), unit="item", desc="verify", file=sys.stderr, disable=args.quiet
+    ) as bar:
+        for chunk in _chunks(rows, 256):
+            verdicts = verifier.verify([(str(r["answer"]), str(r["completion"])) for r in chunk])
+            for row, v in zip(chunk, verdicts):
+                out_rows.append({**row, "strategy": v.strategy, "verdict": v.verdict,
+                                 "predicted": v.predicted, "reason": v.reason})
+            bar.update(len(chunk))
+    _write_jsonl(out_rows, args.out)
+    summary = summarize(out_rows)
+    print(format_summary(summary), file=sys.stderr)
+    print(f"{len(rows)} items in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from siked_runtime.datasets import load_records
+
+    _write_jsonl(load_records(args.path, format=args.format, limit=args.limit), None)
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from siked_runtime.synthetic import generate
+
+    families = args.families.split(",") if args.families else None
+    n = _write_jsonl(generate(args.n, seed=args.seed, families=families), args.out)
+    print(f"wrote {n} synthetic problems to {args.out or 'stdout'}", file=sys.stderr)
+    return 0
+
+
+def cmd_teacher(args) -> int:
+    from siked_runtime.datasets import load_records
+    from siked_runtime.teachers import gold, oracle
+
+    teach = {"gold": gold.teach, "oracle": oracle.teach}[args.kind]
+    records = load_records(args.input, format=args.format, limit=args.limit)
+    strategies = tuple(args.strategies.split(","))
+    rows = tqdm(teach(records, strategies), desc=f"{args.kind} teacher", unit="solution", file=sys.stderr,
+                disable=args.quiet)
+    n = _write_jsonl(rows, args.out)
+    print(f"wrote {n} solutions for {len(records)} questions to {args.out or 'stdout'}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="siked", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate a DistillationRun manifest and print it resolved")
+    p.add_argument("manifest")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the spec's openAPIV3Schema")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("verify", help="verify completions against gold answers")
+    p.add_argument("input", help="JSONL with id, answer (gold) and completion per line")
+    p.add_argument("--out", help="output JSONL (default: stdout)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per program or symbolic check")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_verify)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("show", help="print normalised records as JSONL")
+    p.add_argument("path")
+    p.add_argument("--format", choices=["gsm8k", "svamp", "asdiv", "multiarith", "synthetic"])
+    p.add_argument("--limit", type=int)
+    p.set_defaults(func=cmd_data_show)
+    p = data.add_parser("synth", help="generate synthetic word problems")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--families", help="comma-separated families (default: all)")
+    p.add_argument("--out", help="output JSONL (default: stdout)")
+    p.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("teacher", help="offline teachers' solutions")
+    p.add_argument("kind", choices=["gold", "oracle"])
+    p.add_argument("input", help="dataset path (gsm8k/svamp for gold, synthetic for oracle)")
+    p.add_argument("--out", help="output JSONL (default: stdout)")
+    p.add_argument("--format", choices=["gsm8k", "svamp", "asdiv", "multiarith", "synthetic"])
+    p.add_argument("--limit", type=int)
+    p.add_argument("--strategies", default="cot,l2m,pot")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_teacher)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"siked {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Mixing policies, α bookkeeping, de-duplication and per-question caps."""
+
+import pytest
+
+from siked_runtime.mixing import alpha_counts, cap_per_question, dedupe, mix
+
+
+def rows(source, spec):
+    """spec: {question id: [strategy, ...]} → rows with distinct completions."""
+    return [{"id": q, "strategy": s, "completion": f"[{s}] {source} {q} {i}"}
+            for q, strategies in spec.items() for i, s in enumerate(strategies)]
+
+
+TEACHER = rows("teacher", {"q1": ["cot", "l2m", "pot"], "q2": ["cot", "l2m", "pot"], "q3": ["cot", "pot"]})
+SELF = rows("self", {"q1": ["pot", "pot"], "q3": ["cot"]})
+
+
+def test_all_is_union():
+    m = mix(TEACHER, SELF, "all")
+    assert (m.teacher_rows, m.self_rows) == (8, 3)
+    assert m.alpha == pytest.approx(8 / 11)
+    assert {r["source"] for r in m.rows} == {"teacher", "self"}
+
+
+def test_adaptive_keeps_teacher_rows_only_for_unsolved_questions():
+    m = mix(TEACHER, SELF, "adaptive")
+    assert {r["id"] for r in m.rows if r["source"] == "teacher"} == {"q2"}
+    assert (m.teacher_rows, m.self_rows) == (3, 3)
+    assert m.alpha == 0.5
+
+
+def test_self_only():
+    m = mix(TEACHER, SELF, "self")
+    assert (m.teacher_rows, m.self_rows, m.alpha) == (0, 3, 0.0)
+    assert mix(TEACHER, [], "self").alpha is None
+
+
+@pytest.mark.parametrize("teacher,own,alpha,expected", [
+    (100, 10, 0.5, (10, 10)),
+    (100, 10, 0.9, (90, 10)),
+    (5, 100, 0.5, (5, 5)),       # too few teacher rows: self rows shrink
+    (100, 10, 1.0, (100, 0)),
+    (100, 10, 0.0, (0, 10)),
+    (100, 0, 0.3, (100, 0)),     # nothing of its own yet: teacher only
+])
+def test_alpha_counts(teacher, own, alpha, expected):
+    assert alpha_counts(teacher, own, alpha) == expected
+
+
+def test_alpha_counts_rejects_out_of_range():
+    with pytest.raises(ValueError, match="alpha must be in"):
+        alpha_counts(1, 1, 1.5)
+
+
+def test_alpha_policy_realises_the_schedule_and_is_deterministic():
+    teacher = rows("teacher", {f"q{i}": ["cot", "pot"] for i in range(50)})
+    own = rows("self", {f"q{i}": ["pot"] for i in range(20)})
+    m = mix(teacher, own, "alpha", alpha=0.2, seed=3)
+    assert (m.teacher_rows, m.self_rows) == (5, 20)
+    assert m.alpha == pytest.approx(0.2)
+    assert m.rows == mix(teacher, own, "alpha", alpha=0.2, seed=3).rows
+    assert m.rows != mix(teacher, own, "alpha", alpha=0.2, seed=4).rows
+
+
+def test_alpha_policy_needs_alpha():
+    with pytest.raises(ValueError, match="needs alpha"):
+        mix(TEACHER, SELF, "alpha")
+
+
+def test_unknown_policy():
+    with pytest.raises(ValueError, match="unknown mixing policy 'most'"):
+        mix(TEACHER, SELF, "most")
+
+
+def test_dedupe_ignores_whitespace_and_keeps_first():
+    a = {"id": "q", "strategy": "cot", "completion": "x  = 1\nAnswer: 1"}
+    b = {"id": "q", "strategy": "cot", "completion": "x = 1 Answer: 1"}
+    c = {"id": "other", "strategy": "cot", "completion": "x = 1 Answer: 1"}
+    assert dedupe([a, b, c]) == [a, c]
+
+
+def test_self_sample_equal_to_teacher_row_counts_once_as_teacher():
+    dup = {**TEACHER[0]}
+    m = mix(TEACHER, [dup], "all")
+    assert (m.teacher_rows, m.self_rows) == (8, 0)
+
+
+def test_cap_per_question_round_robins_strategies():
+    many = rows("t", {"q": ["cot", "cot", "cot", "pot", "pot", "l2m"]})
+    kept = cap_per_question(many, 3, seed=0)
+    assert len(kept) == 3 and {r["strategy"] for r in kept} == {"cot", "l2m", "pot"}
+    m = mix(TEACHER, SELF, "all", max_per_question=2)
+    counts = {}
+    for r in m.rows:
+        counts[r["id"]] = counts.get(r["id"], 0) + 1
+    assert max(counts.values()) == 2
