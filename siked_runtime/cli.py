@@ -1,5 +1,7 @@
 """The `siked` command line.
 
+    siked run RUN.yaml [--dir DIR] [--limit N]   run a DistillationRun on this machine
+    siked report DIR                             re-render report.json/.md and plots
     siked validate RUN.yaml                      check a manifest, print the resolved spec
     siked schema                                 the spec's openAPIV3Schema (JSON)
     siked verify IN.jsonl --out OUT.jsonl        verdict per completion, summary on stderr
@@ -70,6 +72,38 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from siked_runtime.local_runner import run_local, with_limit
+    from siked_runtime.spec import SpecError, load_manifest
+
+    try:
+        run = load_manifest(Path(args.manifest))
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.limit:
+        run = with_limit(run, args.limit)
+    run_local(run, args.dir)
+    return 0
+
+
+def cmd_report(args) -> int:
+    import yaml
+
+    from siked_runtime.local_runner import SPEC_KEY
+    from siked_runtime.report import write_report
+    from siked_runtime.spec import parse_manifest
+    from siked_runtime.storage import open_store
+
+    store = open_store(args.dir)
+    if not store.exists(SPEC_KEY):
+        raise FileNotFoundError(f"{store.url(SPEC_KEY)} not found: not a run directory")
+    run = parse_manifest(yaml.safe_load(store.get_text(SPEC_KEY)), store.url(SPEC_KEY))
+    write_report(run.spec, store, run.metadata.name)
+    print(store.get_text("report.md"))
+    return 0
+
+
 def cmd_schema(args) -> int:
     from siked_runtime.crd_schema import spec_schema
 
@@ -136,6 +170,16 @@ def cmd_teacher(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siked", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a DistillationRun manifest on this machine")
+    p.add_argument("manifest")
+    p.add_argument("--dir", help="artifact directory or URI (default: ./runs/<name>)")
+    p.add_argument("--limit", type=int, help="cap the questions of every dataset at N")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="re-render a run's report from its stage manifests")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="validate a DistillationRun manifest and print it resolved")
     p.add_argument("manifest")

@@ -1,0 +1,145 @@
+"""The run report: `report.json`, `report.md` and PNG plots, rebuilt from stage manifests.
+
+    siked report runs/quickstart
+
+Everything comes from the manifests in storage, so the report can be re-rendered
+at any time, from any machine, while the run is going or after it ended.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping
+
+from siked_runtime.graph import BASELINE, EVAL, SAMPLE, TEACHER_EVAL, TRAIN, VALIDATION, StageKey, plan
+from siked_runtime.spec import DistillationSpec
+from siked_runtime.storage import Store, list_manifests
+from siked_runtime.strategies import STRATEGIES
+
+
+def build_report(spec: DistillationSpec, done: Mapping[str, Mapping]) -> dict:
+    p = plan(spec, done)
+    baseline = done.get(StageKey(BASELINE).prefix, {}).get("accuracy", {})
+    teacher = done.get(StageKey(TEACHER_EVAL).prefix, {}).get("accuracy")
+    flags = {r.iteration: r for r in p.iterations}
+    iterations = []
+    for t in range(len(p.iterations)):
+        ev = done[StageKey(EVAL, t).prefix]
+        tr = done.get(StageKey(TRAIN, t).prefix, {})
+        sa = done.get(StageKey(SAMPLE, t).prefix, {})
+        iterations.append({
+            "iteration": t,
+            "alpha": tr.get("alpha") if t >= 1 else None,
+            "teacher_rows": tr.get("teacher_rows", 0),
+            "self_rows": tr.get("self_rows", 0),
+            "sample_accuracy": sa.get("sample_accuracy"),
+            "eval": ev["accuracy"],
+            "strategy_shares": ev["strategy_shares"][VALIDATION],
+            "train_strategy_shares": tr.get("strategy_shares"),
+            "kl_train_to_student": ev.get("kl_train_to_student"),
+            "regressed": flags[t].regressed,
+            "train_loss": tr.get("training", {}).get("train_loss"),
+        })
+    report = {"baseline": baseline, "iterations": iterations, "best_iteration": p.best_iteration,
+              "stop_reason": p.stop_reason, "finished": p.finished}
+    if teacher is not None:
+        report["teacher"] = teacher
+    return report
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
+
+
+def render_markdown(name: str, report: dict) -> str:
+    sets = list(report["baseline"]) or (list(report["iterations"][0]["eval"]) if report["iterations"] else [])
+    lines = [f"# DistillationRun `{name}`", ""]
+    status = "finished" if report["finished"] else "in progress"
+    lines += [f"Status: {status}. Best iteration (by validation accuracy): {report['best_iteration']}."]
+    if report["stop_reason"]:
+        lines += [f"Stopped because: {report['stop_reason']}."]
+    lines += ["", "## Accuracy", "", "| | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    if report["baseline"]:
+        lines.append("| untrained student | " + " | ".join(_fmt(report["baseline"].get(s)) for s in sets) + " |")
+    for it in report["iterations"]:
+        mark = " (best)" if it["iteration"] == report["best_iteration"] else ""
+        mark += " ⚠ regression" if it["regressed"] else ""
+        lines.append(f"| iteration {it['iteration']}{mark} | " + " | ".join(_fmt(it["eval"].get(s)) for s in sets) + " |")
+    if report.get("teacher"):
+        lines.append("| teacher | " + " | ".join(_fmt(report["teacher"].get(s)) for s in sets) + " |")
+    lines += ["", "## Training data and strategies", "",
+              "| iteration | teacher rows | self rows | α | sample acc. | student cot/l2m/pot | KL(train‖student) | loss |",
+              "|---|---|---|---|---|---|---|---|"]
+    for it in report["iterations"]:
+        shares = "/".join(f"{it['strategy_shares'].get(s, 0):.2f}" for s in STRATEGIES)
+        lines.append(f"| {it['iteration']} | {it['teacher_rows']} | {it['self_rows']} | {_fmt(it['alpha'])} | "
+                     f"{_fmt(it['sample_accuracy'])} | {shares} | {_fmt(it['kl_train_to_student'])} | "
+                     f"{_fmt(it['train_loss'])} |")
+    lines += ["", "![accuracy](accuracy.png)", "", "![strategies](strategies.png)", ""]
+    return "\n".join(lines)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_accuracy(report: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    its = [it["iteration"] for it in report["iterations"]]
+    sets = sorted({s for it in report["iterations"] for s in it["eval"]}, key=lambda s: (s != VALIDATION, s))
+    for i, name in enumerate(sets):
+        color = f"C{i}"
+        ax.plot(its, [it["eval"].get(name) for it in report["iterations"]], "o-", color=color, label=name)
+        if name in report["baseline"]:
+            ax.axhline(report["baseline"][name], color=color, ls="--", lw=0.8)
+        if name in report.get("teacher", {}):
+            ax.axhline(report["teacher"][name], color=color, ls=":", lw=0.8)
+    ax.set(xlabel="iteration", ylabel="accuracy", ylim=(0, 1), title="Accuracy per iteration "
+           "(dashed: untrained, dotted: teacher)")
+    ax.set_xticks(its)
+    ax.legend()
+    return _png(fig)
+
+
+def plot_strategies(report: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    its = report["iterations"]
+    width = 0.38
+    for offset, field, label in ((-width / 2, "train_strategy_shares", "train data"), (width / 2, "strategy_shares", "student")):
+        bottom = [0.0] * len(its)
+        for i, s in enumerate(STRATEGIES):
+            vals = [(it.get(field) or {}).get(s, 0.0) for it in its]
+            ax.bar([it["iteration"] + offset for it in its], vals, width, bottom=bottom, color=f"C{i}",
+                   label=s if offset < 0 else None, alpha=1.0 if offset < 0 else 0.6,
+                   edgecolor="black" if offset > 0 else None)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+    alphas = [(it["iteration"], it["alpha"]) for it in its if it["alpha"] is not None]
+    if alphas:
+        ax.plot([a[0] for a in alphas], [a[1] for a in alphas], "k^--", label="α (teacher share)")
+    ax.set(xlabel="iteration (left bar: training data, right bar: student on validation)", ylabel="share",
+           ylim=(0, 1.05), title="Strategy mix per iteration")
+    ax.set_xticks([it["iteration"] for it in its])
+    ax.legend(loc="upper right", fontsize=8)
+    return _png(fig)
+
+
+def write_report(spec: DistillationSpec, store: Store, name: str) -> dict:
+    report = build_report(spec, list_manifests(store))
+    store.put_json("report.json", report)
+    store.put_text("report.md", render_markdown(name, report))
+    if report["iterations"]:
+        store.put_bytes("accuracy.png", plot_accuracy(report))
+        store.put_bytes("strategies.png", plot_strategies(report))
+    return report

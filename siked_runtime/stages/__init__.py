@@ -1,0 +1,49 @@
+"""Stage functions `(spec, store, iteration) -> manifest`, one module per stage.
+
+    teacher       stages/teacher.py
+    baseline      stages/evaluate.py  (run_baseline)
+    teacher-eval  stages/evaluate.py  (run_teacher_eval)
+    sample[t]     stages/sample.py
+    train[t]      stages/train.py
+    eval[t]       stages/evaluate.py  (run_eval)
+    export        stages/export.py
+
+`run_stage` is what both executors call: it clears what an interrupted earlier
+attempt left behind, runs the stage, and publishes its manifest last.
+"""
+
+from __future__ import annotations
+
+import time
+
+from siked_runtime.graph import StageKey
+from siked_runtime.spec import DistillationSpec
+from siked_runtime.storage import Store, clear_stage, publish, read_manifest
+
+
+def _function(stage: str):
+    # Imported on demand: the operator plans stages without the ML stack.
+    from siked_runtime.stages import evaluate, export, sample, teacher, train
+
+    return {
+        "teacher": teacher.run_teacher,
+        "baseline": evaluate.run_baseline,
+        "teacher-eval": evaluate.run_teacher_eval,
+        "sample": sample.run_sample,
+        "train": train.run_train,
+        "eval": evaluate.run_eval,
+        "export": export.run_export,
+    }[stage]
+
+
+def run_stage(spec: DistillationSpec, store: Store, key: StageKey) -> dict:
+    """Run one stage to completion and publish its manifest; a finished stage is a no-op."""
+    done = read_manifest(store, key.prefix)
+    if done is not None:
+        return done
+    clear_stage(store, key.prefix)
+    start = time.perf_counter()
+    manifest = _function(key.stage)(spec, store, key.iteration)
+    manifest = {"stage": key.stage, "iteration": key.iteration, **manifest,
+                "duration_seconds": round(time.perf_counter() - start, 3)}
+    return publish(store, key.prefix, manifest)

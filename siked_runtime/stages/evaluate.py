@@ -1,0 +1,83 @@
+"""Stages `eval[t]`, `baseline` and `teacher-eval`: greedy accuracy on the validation split and eval sets.
+
+Writes `predictions-<set>.jsonl.gz` per set. The manifest's `accuracy.validation`
+is what the stage graph selects on; test sets are only reported. It also records
+the student's strategy shares and, for eval[t], the KL divergence between the
+strategy distribution of iteration t's training data and the student's own.
+"""
+
+from __future__ import annotations
+
+import time
+
+from siked_runtime.graph import BASELINE, TEACHER_EVAL, TRAIN, VALIDATION, StageKey
+from siked_runtime.scoring import accuracy, accuracy_by_strategy, kl_divergence, strategy_shares
+from siked_runtime.spec import DistillationSpec
+from siked_runtime.stages.common import local_model, log
+from siked_runtime.stages.data import eval_sets
+from siked_runtime.stages.generation import generate
+from siked_runtime.stages.verification import verify_rows
+from siked_runtime.storage import Store, read_manifest
+
+
+def score(rows: list[dict]) -> dict:
+    return {"accuracy": accuracy(rows), "strategy_shares": strategy_shares(rows),
+            "accuracy_by_strategy": accuracy_by_strategy(rows), "n": len(rows)}
+
+
+def _publish_sets(store: Store, prefix: str, scored: dict[str, list[dict]]) -> dict:
+    manifest = {"accuracy": {}, "strategy_shares": {}, "accuracy_by_strategy": {}, "n": {}, "predictions": {}}
+    for name, rows in scored.items():
+        key = f"{prefix}/predictions-{name}.jsonl.gz"
+        store.write_jsonl(key, rows)
+        s = score(rows)
+        for field in ("accuracy", "strategy_shares", "accuracy_by_strategy", "n"):
+            manifest[field][name] = s[field]
+        manifest["predictions"][name] = store.url(key)
+        log(f"{prefix}: {name} accuracy {s['accuracy']:.3f} on {s['n']} questions")
+    return manifest
+
+
+def evaluate_model(spec: DistillationSpec, store: Store, model_path, prefix: str) -> dict:
+    start = time.perf_counter()
+    scored, stats = {}, {"tokens": 0}
+    for name, records in eval_sets(spec).items():
+        completions, gen = generate(
+            spec, model_path, [r["question"] for r in records], n=1, temperature=0.0,
+            max_new_tokens=spec.evaluation.max_new_tokens, batch_size=spec.evaluation.batch_size,
+            what=f"{prefix} {name}",
+        )
+        stats["tokens"] += gen["tokens"]
+        rows = [{"id": r["id"], "answer": r["answer"], "completion": c[0]} for r, c in zip(records, completions)]
+        scored[name] = verify_rows(rows, f"{prefix} verify {name}")
+    manifest = _publish_sets(store, prefix, scored)
+    manifest |= {"model": str(model_path), "generated_tokens": stats["tokens"],
+                 "seconds": round(time.perf_counter() - start, 3)}
+    return manifest
+
+
+def run_eval(spec: DistillationSpec, store: Store, iteration: int) -> dict:
+    train_prefix = StageKey(TRAIN, iteration).prefix
+    manifest = evaluate_model(spec, store, local_model(store, train_prefix), StageKey("eval", iteration).prefix)
+    train = read_manifest(store, train_prefix) or {}
+    if train.get("strategy_shares"):
+        manifest["kl_train_to_student"] = kl_divergence(train["strategy_shares"],
+                                                        manifest["strategy_shares"][VALIDATION])
+    manifest["iteration"] = iteration
+    return manifest
+
+
+def run_baseline(spec: DistillationSpec, store: Store, iteration: int | None = None) -> dict:
+    from siked_runtime.models import resolve_model
+
+    return evaluate_model(spec, store, resolve_model(spec.student.model), StageKey(BASELINE).prefix)
+
+
+def run_teacher_eval(spec: DistillationSpec, store: Store, iteration: int | None = None) -> dict:
+    """The teacher's own accuracy on the same sets: every strategy it writes, scored together."""
+    from siked_runtime.stages.teacher import raw_solutions
+
+    prefix = StageKey(TEACHER_EVAL).prefix
+    scored = {name: verify_rows(raw_solutions(spec, records), f"{prefix} verify {name}")
+              for name, records in eval_sets(spec).items()}
+    return _publish_sets(store, prefix, scored)
