@@ -30,12 +30,16 @@ def accuracy_by_strategy(rows: Iterable[Mapping]) -> dict[str, float | None]:
 
 
 def kl_divergence(p: Mapping[str, float], q: Mapping[str, float], eps: float = 1e-6) -> float:
-    """KL(p ‖ q) in nats over the strategies, both smoothed by `eps` and renormalised.
+    """KL(p ‖ q) in nats over the strategies plus "untagged", smoothed by `eps` and renormalised.
 
-    Smoothing keeps it finite when the student never uses a strategy the
-    training data has (or the other way round).
+    Shares need not sum to 1: what is missing is the untagged share (a student
+    that writes no tag at all is far from any tagged training distribution).
+    Smoothing keeps it finite when one side never uses a strategy the other has.
     """
-    ps = [p.get(s, 0.0) + eps for s in STRATEGIES]
-    qs = [q.get(s, 0.0) + eps for s in STRATEGIES]
+    def buckets(d: Mapping[str, float]) -> list[float]:
+        tagged = [d.get(s, 0.0) for s in STRATEGIES]
+        return [x + eps for x in [*tagged, max(0.0, 1.0 - sum(tagged))]]
+
+    ps, qs = buckets(p), buckets(q)
     zp, zq = sum(ps), sum(qs)
-    return sum((a / zp) * math.log((a / zp) / (b / zq)) for a, b in zip(ps, qs))
+    return sum((a / zp) * math.log((a / zp) / (b / zq)) for a, b in zip(ps, qs) if a > 0)

@@ -27,3 +27,5 @@ def test_kl_divergence():
     assert kl_divergence(p, q, eps=0) == pytest.approx(expected)
     assert kl_divergence(p, q) > 0 and kl_divergence(q, p) > 0
     assert math.isfinite(kl_divergence({"cot": 1.0}, {"pot": 1.0}))
+    # an untagged student is far from tagged training data, not equal to it
+    assert kl_divergence(p, {"cot": 0.0, "l2m": 0.0, "pot": 0.0}) > 5

@@ -15,7 +15,7 @@ from siked_runtime.scoring import accuracy, accuracy_by_strategy, kl_divergence,
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import local_model, log
 from siked_runtime.stages.data import eval_sets
-from siked_runtime.stages.generation import generate
+from siked_runtime.stages.generation import StudentGenerator
 from siked_runtime.stages.verification import verify_rows
 from siked_runtime.storage import Store, read_manifest
 
@@ -40,18 +40,16 @@ def _publish_sets(store: Store, prefix: str, scored: dict[str, list[dict]]) -> d
 
 def evaluate_model(spec: DistillationSpec, store: Store, model_path, prefix: str) -> dict:
     start = time.perf_counter()
-    scored, stats = {}, {"tokens": 0}
-    for name, records in eval_sets(spec).items():
-        completions, gen = generate(
-            spec, model_path, [r["question"] for r in records], n=1, temperature=0.0,
-            max_new_tokens=spec.evaluation.max_new_tokens, batch_size=spec.evaluation.batch_size,
-            what=f"{prefix} {name}",
-        )
-        stats["tokens"] += gen["tokens"]
-        rows = [{"id": r["id"], "answer": r["answer"], "completion": c[0]} for r, c in zip(records, completions)]
-        scored[name] = verify_rows(rows, f"{prefix} verify {name}")
+    scored = {}
+    with StudentGenerator(spec, model_path, spec.evaluation.batch_size) as gen:
+        for name, records in eval_sets(spec).items():
+            completions = gen.generate([r["question"] for r in records], n=1, temperature=0.0,
+                                       max_new_tokens=spec.evaluation.max_new_tokens, what=f"{prefix} {name}")
+            rows = [{"id": r["id"], "answer": r["answer"], "completion": c[0]} for r, c in zip(records, completions)]
+            scored[name] = verify_rows(rows, f"{prefix} verify {name}")
+        tokens = gen.tokens
     manifest = _publish_sets(store, prefix, scored)
-    manifest |= {"model": str(model_path), "generated_tokens": stats["tokens"],
+    manifest |= {"model": str(model_path), "generated_tokens": tokens,
                  "seconds": round(time.perf_counter() - start, 3)}
     return manifest
 

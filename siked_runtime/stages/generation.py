@@ -1,4 +1,4 @@
-"""Student generation shared by the sample and eval stages: prompts, sampler, progress."""
+"""Student generation shared by the sample and eval stages: prompts, one sampler, progress lines."""
 
 from __future__ import annotations
 
@@ -10,37 +10,43 @@ from siked_runtime.stages.common import log
 from siked_runtime.strategies import build_prompt
 
 
-def student_prompts(model_path: Path | str, questions: list[str]) -> list[str]:
-    """The multi-strategy instruction + question, in the student's chat template (as at training)."""
-    from transformers import AutoTokenizer
+class StudentGenerator:
+    """Loads the student once; `generate` formats questions exactly as training did.
 
-    from siked_runtime.models import chat_prompt
+        with StudentGenerator(spec, model_dir, batch_size=32) as gen:
+            completions = gen.generate(questions, n=4, temperature=0.7, max_new_tokens=256, what="sample[1]")
+    """
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    return [chat_prompt(tokenizer, build_prompt(q)) for q in questions]
+    def __init__(self, spec: DistillationSpec, model_path: Path | str, batch_size: int):
+        from siked_runtime.models import chat_prompt, load_tokenizer
+        from siked_runtime.samplers import make_sampler
 
+        self.spec = spec
+        self.tokens = 0
+        self._what, self._start = "", time.perf_counter()
+        tokenizer = load_tokenizer(str(model_path))
+        self._format = lambda q: chat_prompt(tokenizer, build_prompt(q))
+        self.sampler = make_sampler(spec.sampling.backend, str(model_path), dtype=spec.student.dtype,
+                                    batch_size=batch_size, on_batch=self._progress)
 
-def generate(spec: DistillationSpec, model_path: Path | str, questions: list[str], n: int, temperature: float,
-             max_new_tokens: int, batch_size: int, what: str, seed: int = 0) -> tuple[list[list[str]], dict]:
-    """`n` completions per question, with periodic progress lines; returns (completions, stats)."""
-    from siked_runtime.samplers import make_sampler
+    def _progress(self, done: int, total: int, new_tokens: int) -> None:
+        self.tokens += new_tokens
+        self._batch_tokens += new_tokens
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        log(f"{self._what}: {done}/{total} sequences, {self._batch_tokens} tokens ({self._batch_tokens / elapsed:.0f} tok/s)")
 
-    prompts = student_prompts(model_path, questions)
-    start = time.perf_counter()
-    tokens = [0]
+    def generate(self, questions: list[str], n: int, temperature: float, max_new_tokens: int, what: str,
+                 seed: int = 0) -> list[list[str]]:
+        self._what, self._start, self._batch_tokens = what, time.perf_counter(), 0
+        return self.sampler.generate([self._format(q) for q in questions], n=n, temperature=temperature,
+                                     max_new_tokens=max_new_tokens,
+                                     top_p=self.spec.sampling.top_p if temperature > 0 else 1.0, seed=seed)
 
-    def on_batch(done: int, total: int, new_tokens: int) -> None:
-        tokens[0] += new_tokens
-        elapsed = time.perf_counter() - start
-        log(f"{what}: {done}/{total} prompts, {tokens[0]} tokens ({tokens[0] / max(elapsed, 1e-9):.0f} tok/s)")
+    def close(self) -> None:
+        self.sampler.close()
 
-    sampler = make_sampler(spec.sampling.backend, str(model_path), dtype=spec.student.dtype, batch_size=batch_size)
-    try:
-        completions = sampler.generate(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                                       top_p=spec.sampling.top_p if temperature > 0 else 1.0, seed=seed,
-                                       on_batch=on_batch)
-    finally:
-        sampler.close()
-    seconds = time.perf_counter() - start
-    return completions, {"tokens": tokens[0], "seconds": round(seconds, 3),
-                         "tokens_per_second": round(tokens[0] / seconds, 1) if seconds else None}
+    def __enter__(self) -> StudentGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -18,7 +18,7 @@ from siked_runtime.scoring import strategy_shares
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import local_model, log
 from siked_runtime.stages.data import train_questions
-from siked_runtime.stages.generation import generate
+from siked_runtime.stages.generation import StudentGenerator
 from siked_runtime.stages.verification import verify_rows
 from siked_runtime.storage import Store
 
@@ -49,37 +49,38 @@ def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
     correct: dict[str, list[dict]] = defaultdict(list)
     seen: dict[str, set] = defaultdict(set)
     all_rows: list[dict] = []
-    tokens, rounds = 0, 0
-    while budget > 0:
-        pending = {q: cap - drawn[q] for q in records if len(correct[q]) < m and drawn[q] < cap}
-        if not pending:
-            break
-        round_plan = plan_round(pending, budget, per_round)
-        groups: dict[int, list[str]] = defaultdict(list)  # n → questions, so each generate call has one n
-        for qid, n in round_plan.items():
-            groups[n].append(qid)
-        for n, qids in sorted(groups.items()):
-            completions, stats = generate(
-                spec, model, [records[q]["question"] for q in qids], n=n, temperature=it.temperature,
-                max_new_tokens=spec.sampling.max_new_tokens, batch_size=spec.sampling.batch_size,
-                what=f"sample[{iteration}] round {rounds + 1}", seed=spec.seed * 1000 + iteration * 100 + rounds,
-            )
-            tokens += stats["tokens"]
-            rows = [{"id": q, "answer": records[q]["answer"], "completion": c}
-                    for q, cs in zip(qids, completions) for c in cs]
-            for row in verify_rows(rows, f"sample[{iteration}] verify"):
-                row["round"] = rounds
-                all_rows.append(row)
-                key = " ".join(row["completion"].split())
-                if row["verdict"] == "correct" and len(correct[row["id"]]) < m and key not in seen[row["id"]]:
-                    seen[row["id"]].add(key)
-                    correct[row["id"]].append(row)
-            for q in qids:
-                drawn[q] += n
-            budget -= n * len(qids)
-        rounds += 1
-        solved = sum(1 for q in records if correct[q])
-        log(f"sample[{iteration}]: round {rounds}, {solved}/{len(records)} questions solved, budget left {budget}")
+    rounds = 0
+    with StudentGenerator(spec, model, spec.sampling.batch_size) as gen:
+        while budget > 0:
+            pending = {q: cap - drawn[q] for q in records if len(correct[q]) < m and drawn[q] < cap}
+            if not pending:
+                break
+            round_plan = plan_round(pending, budget, per_round)
+            groups: dict[int, list[str]] = defaultdict(list)  # n → questions, so each generate call has one n
+            for qid, n in round_plan.items():
+                groups[n].append(qid)
+            for n, qids in sorted(groups.items()):
+                completions = gen.generate(
+                    [records[q]["question"] for q in qids], n=n, temperature=it.temperature,
+                    max_new_tokens=spec.sampling.max_new_tokens, what=f"sample[{iteration}] round {rounds + 1}",
+                    seed=spec.seed * 1000 + iteration * 100 + rounds,
+                )
+                rows = [{"id": q, "answer": records[q]["answer"], "completion": c}
+                        for q, cs in zip(qids, completions) for c in cs]
+                for row in verify_rows(rows, f"sample[{iteration}] verify"):
+                    row["round"] = rounds
+                    all_rows.append(row)
+                    key = " ".join(row["completion"].split())
+                    if row["verdict"] == "correct" and len(correct[row["id"]]) < m and key not in seen[row["id"]]:
+                        seen[row["id"]].add(key)
+                        correct[row["id"]].append(row)
+                for q in qids:
+                    drawn[q] += n
+                budget -= n * len(qids)
+            rounds += 1
+            solved = sum(1 for q in records if correct[q])
+            log(f"sample[{iteration}]: round {rounds}, {solved}/{len(records)} questions solved, budget left {budget}")
+        tokens = gen.tokens
     kept = [row for q in records for row in correct[q]]
     prefix = StageKey(SAMPLE, iteration).prefix
     store.write_jsonl(f"{prefix}/all.jsonl.gz", all_rows)

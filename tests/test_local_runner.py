@@ -1,0 +1,94 @@
+"""The local executor end to end on the smoke profile (tiny random student, a few synthetic questions)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from siked_runtime.local_runner import run_local, with_limit
+from siked_runtime.spec import load_manifest
+from siked_runtime.storage import list_manifests, open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "examples" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    report = run_local(load_manifest(SMOKE), run_dir)
+    return run_dir, report
+
+
+def test_smoke_run_completes_the_whole_graph(smoke_run):
+    run_dir, report = smoke_run
+    done = list_manifests(open_store(str(run_dir)))
+    assert set(done) == {"teacher", "baseline", "iter-000/train", "iter-000/eval", "iter-001/sample",
+                         "iter-001/train", "iter-001/eval", "final"}
+    assert (run_dir / "final" / "model" / "model.safetensors").exists()
+    assert (run_dir / "iter-001" / "train" / "model" / "siked-spec.yaml").exists()
+    assert yaml.safe_load((run_dir / "spec.yaml").read_text())["metadata"]["name"] == "smoke"
+
+
+def test_report_contract(smoke_run):
+    run_dir, _ = smoke_run
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["baseline"]) == {"validation", "synthetic-test"}
+    assert [it["iteration"] for it in report["iterations"]] == [0, 1]
+    for it in report["iterations"]:
+        assert set(it) >= {"iteration", "alpha", "teacher_rows", "self_rows", "sample_accuracy", "eval",
+                           "strategy_shares"}
+        assert all(0 <= acc <= 1 for acc in it["eval"].values())
+        assert set(it["strategy_shares"]) == {"cot", "l2m", "pot"}
+    first, second = report["iterations"]
+    assert first["alpha"] is None and first["self_rows"] == 0 and first["teacher_rows"] > 0
+    assert second["sample_accuracy"] is not None
+    assert report["best_iteration"] in (0, 1)
+    assert (run_dir / "report.md").read_text().startswith("# DistillationRun `smoke`")
+    assert (run_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "strategies.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_of_a_finished_run_redoes_nothing(smoke_run):
+    run_dir, _ = smoke_run
+    store = open_store(str(run_dir))
+    before = {k: m["published_at"] for k, m in list_manifests(store).items()}
+    run_local(load_manifest(SMOKE), run_dir)
+    assert {k: m["published_at"] for k, m in list_manifests(store).items()} == before
+
+
+def test_a_different_spec_for_the_same_directory_is_refused(smoke_run):
+    run_dir, _ = smoke_run
+    with pytest.raises(ValueError, match="different spec"):
+        run_local(with_limit(load_manifest(SMOKE), 3), run_dir)
+
+
+def test_killed_run_resumes_without_redoing_finished_stages(tmp_path):
+    """Kill `siked run` once iteration 1 has started, run it again: finished stages stay as they were."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "siked_runtime.cli", "run", str(SMOKE), "--dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "── train[1] ──" in line or "── sample[1] ──" in line and "done" not in line:
+                time.sleep(0.5)
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines[-20:])
+    store = open_store(str(run_dir))
+    before = {k: m["published_at"] for k, m in list_manifests(store).items()}
+    assert "iter-000/eval" in before and "final" not in before
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    after = {k: m["published_at"] for k, m in list_manifests(store).items()}
+    assert "final" in after
+    assert {k: after[k] for k in before} == before
