@@ -1,6 +1,7 @@
 """The `siked` command line.
 
     siked run RUN.yaml [--dir DIR] [--limit N]   run a DistillationRun on this machine
+    siked stage STAGE --run-uri URI [--iteration N]  run one stage of a stored run (a stage Job's command)
     siked report DIR                             re-render report.json/.md and plots
     siked validate RUN.yaml                      check a manifest, print the resolved spec
     siked schema                                 the spec's openAPIV3Schema (JSON)
@@ -80,6 +81,12 @@ def cmd_run(args) -> int:
         run = with_limit(run, args.limit)
     run_local(run, args.dir)
     return 0
+
+
+def cmd_stage(args) -> int:
+    from siked_jobs.stage import run_stage_command
+
+    return run_stage_command(args.stage, args.run_uri, args.iteration)
 
 
 def cmd_report(args) -> int:
@@ -171,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="artifact directory or URI (default: ./runs/<name>)")
     p.add_argument("--limit", type=int, help="cap the questions of every dataset at N")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one stage of a stored run and publish its manifest (a stage Job's command)")
+    p.add_argument("stage", help="teacher, baseline, teacher-eval, sample, train, eval or export")
+    p.add_argument("--run-uri", required=True, help="the run's prefix: s3://bucket/prefix or file:///path")
+    p.add_argument("--iteration", type=int, help="iteration of sample, train and eval")
+    p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("report", help="re-render a run's report from its stage manifests")
     p.add_argument("dir")

@@ -35,10 +35,9 @@ def tag(strategy: str) -> str:
 # Identical at train and inference time, so the student's strategy choice is
 # conditioned on the same text it was trained with.
 INSTRUCTION = (
-    "Solve the math word problem. Start your solution with one strategy tag:\n"
-    "[cot] reason step by step, then write the final line 'Answer: <number>'.\n"
-    "[l2m] break the problem into sub-questions 'Q:' and answer each 'A:', then write 'Answer: <number>'.\n"
-    "[pot] write a Python program that stores the result in a variable named answer."
+    "Solve the problem. Begin with a strategy tag: [cot] reason step by step; "
+    "[l2m] ask and answer sub-questions (Q:/A:); [pot] write Python that sets answer. "
+    "[cot] and [l2m] end with 'Answer: <number>'."
 )
 
 
