@@ -144,7 +144,8 @@ class StudentSpec(Spec):
     )
     finetune: Finetune = Field(Finetune.lora, description="`lora` (merged after training) or `full` fine-tuning.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings when finetune is `lora`.")
-    dtype: Dtype = Field(Dtype.auto, description="Weights dtype; `auto` is bf16 on GPUs that support it, else fp32.")
+    dtype: Dtype = Field(Dtype.auto, description="Weights dtype; `auto` is bf16 where the hardware has native bf16 (GPUs; CPUs with "
+        "AVX512-BF16/AMX for generation and mixed-precision training), else fp32.")
     max_seq_length: int = Field(512, ge=32, le=131072, description="Prompt + completion token limit.")
 
 

@@ -1,0 +1,172 @@
+"""Samplers: completions per prompt, order, determinism, padding and early stopping."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from siked_runtime import samplers
+from siked_runtime.models import chat_prompt, resolve_model
+from siked_runtime.samplers import AnswerLineStop, TransformersSampler, VllmSampler, cut_finished, make_sampler
+from siked_runtime.strategies import build_prompt
+
+
+@pytest.fixture(scope="session")
+def tiny_sampler(tmp_path_factory: pytest.TempPathFactory) -> TransformersSampler:
+    path = resolve_model("builtin:tiny-random", cache_dir=tmp_path_factory.getbasetemp() / "siked-models")
+    sampler = TransformersSampler(path, batch_size=4, device="cpu")
+    yield sampler
+    sampler.close()
+
+
+def _prompts(sampler: TransformersSampler, questions: list[str]) -> list[str]:
+    return [chat_prompt(sampler.tokenizer, build_prompt(q)) for q in questions]
+
+
+QUESTIONS = [
+    "What is 2 + 3?",
+    "A farmer has 12 cows and buys 7 more, then sells 4 of them at the market. How many cows are left?",
+    "Sam reads 5 pages a day. How many pages in a week?",
+]
+
+
+def test_n_completions_per_prompt_in_input_order(tiny_sampler: TransformersSampler) -> None:
+    prompts = _prompts(tiny_sampler, QUESTIONS)
+    sampled = tiny_sampler.generate(prompts, n=3, temperature=1.0, max_new_tokens=6, seed=0)
+    assert [len(c) for c in sampled] == [3, 3, 3]
+    assert all(isinstance(text, str) for c in sampled for text in c)
+
+    # Prompts are batched longest first; each answer must still land at its prompt's index.
+    together = tiny_sampler.generate(prompts, max_new_tokens=6)
+    alone = [tiny_sampler.generate([p], max_new_tokens=6)[0] for p in prompts]
+    assert together == alone
+
+
+def test_greedy_is_deterministic(tiny_sampler: TransformersSampler) -> None:
+    prompts = _prompts(tiny_sampler, QUESTIONS[:2])
+    first = tiny_sampler.generate(prompts, n=2, temperature=0.0, max_new_tokens=8)
+    assert first == tiny_sampler.generate(prompts, n=2, temperature=0.0, max_new_tokens=8)
+    assert all(a == b for a, b in first)  # greedy: the n copies agree
+
+
+def test_sampling_follows_the_seed(tiny_sampler: TransformersSampler) -> None:
+    prompts = _prompts(tiny_sampler, QUESTIONS[:1])
+    first = tiny_sampler.generate(prompts, n=4, temperature=1.0, max_new_tokens=8, seed=7)
+    assert first == tiny_sampler.generate(prompts, n=4, temperature=1.0, max_new_tokens=8, seed=7)
+    assert len(set(first[0])) > 1  # a random model at temperature 1 does not repeat itself
+
+
+def test_batches_are_left_padded(tiny_sampler: TransformersSampler, monkeypatch) -> None:
+    seen: list[torch.Tensor] = []
+    generate = tiny_sampler.model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs["attention_mask"])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(tiny_sampler.model, "generate", spy)
+    tiny_sampler.generate(_prompts(tiny_sampler, QUESTIONS[:2]), max_new_tokens=2)
+    (mask,) = seen
+    short = mask[1]  # sorted longest first, so the short question is the second row
+    assert short[0] == 0 and short[-1] == 1 and mask[0].all()
+
+
+def test_progress_callback_counts_sequences(tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = resolve_model("builtin:tiny-random", cache_dir=tmp_path_factory.getbasetemp() / "siked-models")
+    calls: list[tuple[int, int, int]] = []
+    sampler = TransformersSampler(path, batch_size=2, device="cpu", on_batch=lambda *a: calls.append(a))
+    sampler.generate(_prompts(sampler, QUESTIONS), n=1, max_new_tokens=3)
+    assert [(done, total) for done, total, _ in calls] == [(2, 3), (3, 3)]
+    assert all(0 < new <= 2 * 3 for _, _, new in calls)
+    assert sampler.stats["sequences"] == 3
+
+
+def test_batch_stops_once_every_answer_is_finished(tiny_sampler: TransformersSampler, monkeypatch) -> None:
+    # Pretend every token ends a line and any text is a finished answer: each row is done
+    # after its first token, so the batch must end long before max_new_tokens.
+    monkeypatch.setattr(AnswerLineStop, "_has_newline", lambda self, token_id: True)
+    monkeypatch.setattr(samplers, "is_finished", lambda text: bool(text))
+    monkeypatch.setattr(samplers, "cut_finished", lambda text: text)
+    before = tiny_sampler.stats["new_tokens"]
+    out = tiny_sampler.generate(_prompts(tiny_sampler, QUESTIONS), max_new_tokens=64)
+    assert tiny_sampler.stats["new_tokens"] - before <= 2 * len(QUESTIONS)
+    assert all(len(c[0]) < 40 for c in out)
+
+
+def test_answer_line_stop_marks_rows_separately(tiny_sampler: TransformersSampler) -> None:
+    tokenizer = tiny_sampler.tokenizer
+    prompt = tokenizer("Question: 2 + 3?\n")["input_ids"]
+    finished = tokenizer("[cot]\n2 + 3 = 5.\nAnswer: 5\nQuestion: next")["input_ids"]
+    unfinished = tokenizer("[cot]\n2 + 3 = 5 and then some more words here ok")["input_ids"]
+    length = min(len(finished), len(unfinished))
+    rows = torch.tensor([prompt + finished[:length], prompt + unfinished[:length]])
+    stop = AnswerLineStop(tokenizer, prompt_length=len(prompt))
+    flags = [stop(rows[:, : len(prompt) + k], scores=None).tolist() for k in range(1, length + 1)]
+    first_done = next(k for k, (a, _) in enumerate(flags, start=1) if a)
+    assert tokenizer.decode(finished[:first_done]).endswith("Answer: 5\n")
+    assert all(a for a, _ in flags[first_done - 1 :])  # stays finished
+    assert not any(b for _, b in flags)
+
+
+def test_cut_finished_keeps_the_solution_only() -> None:
+    assert cut_finished("[cot]\n2 + 3 = 5.\nAnswer: 5\nQuestion: what") == "[cot]\n2 + 3 = 5.\nAnswer: 5"
+    assert cut_finished("[l2m]\nQ: sum?\nA: 5.\nAnswer: 5\n\n") == "[l2m]\nQ: sum?\nA: 5.\nAnswer: 5"
+    assert cut_finished("[cot]\n2 + 3 = 5.\nAnswer: 5") == "[cot]\n2 + 3 = 5.\nAnswer: 5"  # no newline yet
+    assert cut_finished("[pot]\nanswer = 2 + 3\n\nmore") == "[pot]\nanswer = 2 + 3\n\nmore"
+
+
+def test_vllm_backend_without_vllm_says_what_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail
+    with pytest.raises(ImportError, match="pip install 'siked\\[vllm\\]'"):
+        VllmSampler("builtin:tiny-random")
+    with pytest.raises(ImportError):
+        make_sampler("vllm", "builtin:tiny-random")
+
+
+def test_make_sampler_rejects_unknown_backends() -> None:
+    with pytest.raises(ValueError, match="transformers, vllm"):
+        make_sampler("onnx", "builtin:tiny-random")
+
+
+def test_make_sampler_builds_transformers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = Path(resolve_model("builtin:tiny-random", cache_dir=tmp_path_factory.getbasetemp() / "siked-models"))
+    sampler = make_sampler("transformers", str(path), batch_size=8, device="cpu")
+    assert isinstance(sampler, TransformersSampler) and sampler.batch_size == 8
+    sampler.close()
+
+
+def test_vllm_sampler_drives_the_engine(monkeypatch) -> None:
+    # A stand-in for the vllm module: records what the sampler asks of the engine.
+    class Output:
+        def __init__(self, text: str):
+            self.text = text
+
+    class Request:
+        def __init__(self, prompt: str, n: int):
+            self.outputs = [Output(f"[cot]\n{prompt} {i}\nAnswer: {i}\nQuestion: more") for i in range(n)]
+
+    class LLM:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def get_tokenizer(self):
+            return "tokenizer"
+
+        def generate(self, prompts, params, use_tqdm=True):
+            self.params = params
+            return [Request(p, params["n"]) for p in prompts]
+
+    fake = type(sys)("vllm")
+    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+
+    sampler = VllmSampler("/models/student", gpu_memory_utilization=0.5)
+    assert sampler.llm.kwargs["enable_prefix_caching"] and sampler.llm.kwargs["model"] == "/models/student"
+    out = sampler.generate(["p1", "p2"], n=3, temperature=0.7, max_new_tokens=50, seed=1)
+    assert sampler.llm.params == dict(n=3, temperature=0.7, top_p=1.0, max_tokens=50, stop=["\nQuestion:"], seed=1)
+    assert out[1] == [f"[cot]\np2 {i}\nAnswer: {i}" for i in range(3)]
+    greedy = sampler.generate(["p1"], n=2)
+    assert sampler.llm.params["n"] == 1 and greedy == [["[cot]\np1 0\nAnswer: 0"] * 2]
