@@ -63,8 +63,11 @@ def cap_per_question(rows: list[dict], cap: int, seed: int) -> list[dict]:
     for row in sorted(rows, key=lambda r: _rank(r, seed)):
         by_question[row["id"]][row.get("strategy") or ""].append(row)
     keep = set()
-    for strategies in by_question.values():
-        queues = [strategies[s] for s in sorted(strategies)]
+    for qid, strategies in by_question.items():
+        # Which strategy goes first varies per question, so a cap below the number of
+        # strategies still keeps every strategy in the mix overall.
+        order = sorted(strategies, key=lambda s: hashlib.blake2b(f"{seed}\x00{qid}\x00{s}".encode()).digest())
+        queues = [strategies[s] for s in order]
         taken = 0
         while taken < cap and any(queues):
             for q in queues:

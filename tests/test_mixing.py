@@ -89,6 +89,10 @@ def test_cap_per_question_round_robins_strategies():
     many = rows("t", {"q": ["cot", "cot", "cot", "pot", "pot", "l2m"]})
     kept = cap_per_question(many, 3, seed=0)
     assert len(kept) == 3 and {r["strategy"] for r in kept} == {"cot", "l2m", "pot"}
+    # with a cap below the number of strategies, every strategy still appears across questions
+    spread = cap_per_question(rows("t", {f"q{i}": ["cot", "l2m", "pot"] for i in range(30)}), 1, seed=0)
+    counts_by_strategy = {s: sum(r["strategy"] == s for r in spread) for s in ("cot", "l2m", "pot")}
+    assert len(spread) == 30 and min(counts_by_strategy.values()) >= 5, counts_by_strategy
     m = mix(TEACHER, SELF, "all", max_per_question=2)
     counts = {}
     for r in m.rows:
