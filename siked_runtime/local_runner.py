@@ -8,6 +8,7 @@ interrupted stage starts clean.
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def run_local(run: DistillationRun, run_dir: str | Path | None = None) -> dict:
         key = p.next
         log(f"── {key} ── ({len(done)} stages done)")
         manifest = run_stage(spec, store, key)
+        gc.collect()  # each stage loads its own model; let the last one go before the next
         log(f"── {key} done in {manifest.get('duration_seconds', 0):.1f}s")
         write_report(spec, store, run.metadata.name)
     report = write_report(spec, store, run.metadata.name)
