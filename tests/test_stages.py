@@ -31,6 +31,15 @@ def test_train_and_validation_are_disjoint_and_stable():
     assert [r["id"] for r in train] == [r["id"] for r in train_questions(spec)]
 
 
+def test_synthetic_families_select_problems():
+    spec = spec_of(datasets={
+        "train": {"name": "train", "source": "synthetic",
+                  "synthetic": {"n": 12, "seed": 1, "families": ["short_story", "big_arithmetic"]}},
+        "validationFromTrain": 2,
+    })
+    assert {r["meta"]["family"] for r in train_questions(spec)} == {"short_story", "big_arithmetic"}
+
+
 def test_keep_correct_caps_per_question_and_strategy():
     rows = [{"id": "q", "strategy": "cot", "verdict": v} for v in ("wrong", "correct", "correct", "correct")]
     rows += [{"id": "q", "strategy": "pot", "verdict": "correct"}]

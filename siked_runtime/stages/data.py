@@ -24,8 +24,13 @@ def load_dataset(ds: DatasetSpec) -> list[dict]:
 
 
 @lru_cache(maxsize=8)
+def _cached_json(ds_json: str) -> tuple[dict, ...]:
+    return tuple(load_dataset(DatasetSpec.model_validate_json(ds_json)))
+
+
 def _cached(ds: DatasetSpec) -> tuple[dict, ...]:
-    return tuple(load_dataset(ds))
+    # Keyed by the JSON form: specs holding lists (synthetic families) are not hashable.
+    return _cached_json(ds.model_dump_json())
 
 
 def _split(spec: DistillationSpec) -> tuple[list[dict], list[dict]]:
