@@ -60,13 +60,15 @@ def dedupe(rows: Iterable[dict]) -> list[dict]:
 def cap_per_question(rows: list[dict], cap: int, seed: int) -> list[dict]:
     """At most `cap` rows per question, taken round-robin over strategies so the mix stays diverse."""
     by_question: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for row in sorted(rows, key=lambda r: _rank(r, seed)):
+    # The student's own rows go first: they are what a self-guided iteration adds.
+    for row in sorted(rows, key=lambda r: (r.get("source") != "self", _rank(r, seed))):
         by_question[row["id"]][row.get("strategy") or ""].append(row)
     keep = set()
     for qid, strategies in by_question.items():
-        # Which strategy goes first varies per question, so a cap below the number of
-        # strategies still keeps every strategy in the mix overall.
-        order = sorted(strategies, key=lambda s: hashlib.blake2b(f"{seed}\x00{qid}\x00{s}".encode()).digest())
+        # Strategies with own rows first; otherwise the order varies per question, so a cap
+        # below the number of strategies still keeps every strategy in the mix overall.
+        order = sorted(strategies, key=lambda s: (strategies[s][0].get("source") != "self",
+                                                  hashlib.blake2b(f"{seed}\x00{qid}\x00{s}".encode()).digest()))
         queues = [strategies[s] for s in order]
         taken = 0
         while taken < cap and any(queues):

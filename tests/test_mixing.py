@@ -93,6 +93,9 @@ def test_cap_per_question_round_robins_strategies():
     spread = cap_per_question(rows("t", {f"q{i}": ["cot", "l2m", "pot"] for i in range(30)}), 1, seed=0)
     counts_by_strategy = {s: sum(r["strategy"] == s for r in spread) for s in ("cot", "l2m", "pot")}
     assert len(spread) == 30 and min(counts_by_strategy.values()) >= 5, counts_by_strategy
+    # own rows are kept first under the cap
+    capped = mix(TEACHER, SELF, "all", max_per_question=1)
+    assert {r["id"]: r["source"] for r in capped.rows} == {"q1": "self", "q2": "teacher", "q3": "self"}
     m = mix(TEACHER, SELF, "all", max_per_question=2)
     counts = {}
     for r in m.rows:
