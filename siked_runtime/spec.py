@@ -496,8 +496,11 @@ class DistillationRun(BaseModel):
         return v
 
     def to_manifest(self) -> dict[str, Any]:
-        """The resolved manifest (all defaults filled in), as saved next to every run."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The resolved manifest (all defaults filled in), as saved next to every run.
+
+        Nulls are kept: an explicit `patience: null` differs from the default and must survive a reload.
+        """
+        return self.model_dump(mode="json", by_alias=True)
 
 
 # --- loading and errors ----------------------------------------------------------------------

@@ -46,6 +46,13 @@ def test_yaml_file_roundtrip(tmp_path):
     assert again.spec == run.spec
 
 
+def test_explicit_null_survives_the_resolved_manifest():
+    run = parse_manifest(manifest(iterations={"earlyStopping": {"patience": None}}))
+    again = parse_manifest(yaml.safe_load(yaml.safe_dump(run.to_manifest())))
+    assert again.spec.iterations.early_stopping.patience is None
+    assert again.spec == run.spec
+
+
 def test_multi_document_yaml_picks_the_run(tmp_path):
     text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s3}\n---\n" + yaml.safe_dump(manifest())
     assert load_manifest(text).metadata.name == "demo"

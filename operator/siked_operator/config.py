@@ -1,0 +1,63 @@
+"""The operator's own settings (flags of `siked-operator`, or SIKED_OPERATOR_* variables in the Deployment).
+
+kopf's settings (finalizer, progress storage, event posting) are set in one
+`@kopf.on.startup` handler in `siked_operator.handlers`; this object holds what
+our handlers need and travels to them in kopf's `memo`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _default_image() -> str:
+    try:
+        return f"ghcr.io/siked/siked:{version('siked')}"
+    except PackageNotFoundError:
+        return "ghcr.io/siked/siked:latest"
+
+
+@dataclass(frozen=True)
+class Config:
+    default_image: str = field(default_factory=_default_image)
+    # Runs without spec.storage.uri live at <storage_uri>/<namespace>/<name>; unset: such runs are invalid.
+    storage_uri: str | None = None
+    # S3 endpoint (MinIO, Ceph) for runs that do not name one; the operator reads manifests through it too.
+    s3_endpoint: str | None = None
+    # Secret with AWS_* keys for stage Jobs of runs without spec.storage.secretRef.
+    storage_secret: str | None = None
+    service_account: str | None = None
+    # Each run is re-derived when one of its Jobs or its spec changes, and at least this often (for
+    # retries, deadlines and TTLs that come due); a pass that finds nothing changed costs no API call.
+    poll_interval: float = 1.0
+    # A run whose Jobs did not change is re-read from storage this often anyway (artifacts edited by hand).
+    resync_seconds: float = 300.0
+    # Delay before retry k of a failed stage: base * 2**(k-1), capped.
+    retry_backoff_seconds: float = 10.0
+    retry_backoff_max_seconds: float = 600.0
+    stage_command: tuple[str, ...] = ("siked", "stage")
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds between the `failures`-th failure of a stage and its next attempt."""
+        if failures <= 0:
+            return 0.0
+        return min(self.retry_backoff_seconds * 2 ** (failures - 1), self.retry_backoff_max_seconds)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        """Settings from SIKED_OPERATOR_<FIELD> variables (SIKED_OPERATOR_STORAGE_URI, …); unset: defaults."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f"SIKED_OPERATOR_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if f.name == "stage_command":
+                values[f.name] = tuple(raw.split())
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        return cls(**values)

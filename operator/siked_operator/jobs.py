@@ -1,0 +1,287 @@
+"""Stage Jobs: their names, their manifests, and what the operator reads back from them.
+
+Pure functions, tested without a cluster:
+
+    build_stage_job(run, StageKey("train", 1), spec, config, run_uri="s3://…", attempt=0) -> dict
+    JobState.from_body(job) -> JobState     # what a Job's status says about its stage attempt
+
+Names are deterministic (`<run>-it<N>-<stage>`, `-r<k>` for retry k), so creating
+a Job is "create if absent" and a restarted operator can never start a stage twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from siked_operator.config import Config
+from siked_runtime.graph import BASELINE, EVAL, EXPORT, TEACHER, TEACHER_EVAL, StageKey
+from siked_runtime.spec import API_VERSION, KIND, DistillationSpec, ResourceSpec
+
+RUN_LABEL = "siked.io/run"
+STAGE_LABEL = "siked.io/stage"
+ITERATION_LABEL = "siked.io/iteration"
+ATTEMPT_LABEL = "siked.io/attempt"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RUN_ANNOTATION = "siked.io/run-name"  # the full run name; the label may be shortened
+RUN_URI_ANNOTATION = "siked.io/run-uri"
+
+CONTAINER = "stage"
+TERMINATION_LOG = "/dev/termination-log"
+SCRATCH = "/scratch"
+NAME_LIMIT = 63  # Job names become the `job-name` label of their pods
+
+# Stages without their own entry in spec.resources use the closest one.
+_RESOURCES_OF = {BASELINE: EVAL, TEACHER_EVAL: TEACHER, EXPORT: "default"}
+
+
+def _shorten(name: str, room: int) -> str:
+    """`name` if it fits in `room` characters, else a prefix and a hash of the whole (still unique)."""
+    if len(name) <= room:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return f"{name[: room - 7].rstrip('-')}-{digest}"
+
+
+def run_label(run_name: str) -> str:
+    """The run's name as a label value (at most 63 characters)."""
+    return _shorten(run_name, NAME_LIMIT)
+
+
+def job_name(run_name: str, key: StageKey, attempt: int = 0) -> str:
+    """`<run>-it<N>-<stage>` (`<run>-<stage>` outside iterations), `-r<k>` for retry k, within 63 characters."""
+    suffix = f"-{key.stage}" if key.iteration is None else f"-it{key.iteration}-{key.stage}"
+    if attempt:
+        suffix += f"-r{attempt}"
+    return _shorten(run_name, NAME_LIMIT - len(suffix)) + suffix
+
+
+def stage_resources(spec: DistillationSpec, stage: str) -> ResourceSpec:
+    return spec.resources.for_stage(_RESOURCES_OF.get(stage, stage))
+
+
+def _container_resources(res: ResourceSpec) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        # Memory limit = request: a stage that outgrows its request is OOM-killed and retried,
+        # rather than starving its neighbours on a shared GPU node.
+        requests["memory"] = limits["memory"] = res.memory
+    if res.gpus:
+        # Extended resources need limits equal to requests.
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = res.gpus
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _env(spec: DistillationSpec, key: StageKey, config: Config, run_name: str) -> list[dict[str, Any]]:
+    env = [
+        {"name": "SIKED_RUN", "value": run_name},
+        {"name": "SIKED_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "SIKED_CACHE", "value": f"{SCRATCH}/siked"},
+        {"name": "HF_HOME", "value": f"{SCRATCH}/huggingface"},
+    ]
+    endpoint = spec.storage.endpoint or config.s3_endpoint
+    if endpoint:
+        env.append({"name": "SIKED_S3_ENDPOINT", "value": endpoint})
+    secret = spec.teacher.api_key_secret
+    if secret is not None and key.stage in (TEACHER, TEACHER_EVAL):
+        env.append({"name": spec.teacher.api_key_env,
+                    "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+    return env
+
+
+def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: str, run_uri: str) -> dict[str, Any]:
+    res = stage_resources(spec, key.stage)
+    args = [key.stage, "--run-uri", run_uri]
+    if key.iteration is not None:
+        args += ["--iteration", str(key.iteration)]
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or config.default_image,
+        "command": list(config.stage_command),
+        "args": args,
+        "env": _env(spec, key, config, run_name),
+        "resources": _container_resources(res),
+        "terminationMessagePath": TERMINATION_LOG,
+        # The stage writes a JSON summary there; a crash before that leaves the log's tail instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    secret = spec.storage.secret_ref or config.storage_secret
+    if secret:
+        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            # PyTorch data loaders and NCCL need more shared memory than a container's default 64Mi.
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if config.service_account:
+        pod["serviceAccountName"] = config.service_account
+    if res.node_selector:
+        pod["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
+    if res.priority_class_name:
+        pod["priorityClassName"] = res.priority_class_name
+    return pod
+
+
+def build_stage_job(
+    run: Mapping[str, Any],
+    key: StageKey,
+    spec: DistillationSpec,
+    config: Config,
+    *,
+    run_uri: str,
+    attempt: int = 0,
+    deadline_seconds: int | None = None,
+) -> dict[str, Any]:
+    """The Job that runs one attempt of one stage of `run` (the DistillationRun object as the API returns it)."""
+    meta = run["metadata"]
+    run_name = meta["name"]
+    labels = {
+        "app.kubernetes.io/name": "siked",
+        "app.kubernetes.io/component": "stage",
+        "app.kubernetes.io/managed-by": "siked-operator",
+        RUN_LABEL: run_label(run_name),
+        STAGE_LABEL: key.stage,
+        ATTEMPT_LABEL: str(attempt),
+    }
+    if key.iteration is not None:
+        labels[ITERATION_LABEL] = str(key.iteration)
+    queue = stage_resources(spec, key.stage).queue_name
+    if queue:
+        labels[QUEUE_LABEL] = queue
+    annotations = {RUN_ANNOTATION: run_name, RUN_URI_ANNOTATION: run_uri}
+    job_spec: dict[str, Any] = {
+        # Retries are the operator's: it counts attempts across Jobs, backs off, and reads exit codes.
+        "backoffLimit": 0,
+        "template": {
+            "metadata": {"labels": {k: v for k, v in labels.items() if k != QUEUE_LABEL},
+                         "annotations": dict(annotations)},
+            "spec": _pod_spec(spec, key, config, run_name, run_uri),
+        },
+    }
+    if deadline_seconds is not None:
+        # What is left of the run's activeDeadlineSeconds: the cluster stops the stage at the run's deadline.
+        job_spec["activeDeadlineSeconds"] = max(1, int(deadline_seconds))
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(run_name, key, attempt),
+            "namespace": meta.get("namespace"),
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": job_spec,
+    }
+    # Owner reference (controller), namespace, and the run's own labels on the Job and its pods.
+    kopf.adopt(job, owner=_owner(run), nested="spec.template")
+    return job
+
+
+def _owner(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": run.get("apiVersion", API_VERSION), "kind": run.get("kind", KIND),
+            "metadata": dict(run["metadata"])}
+
+
+# --- reading Jobs back ------------------------------------------------------------------------
+
+
+def _started(status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
+    """The stage's pod runs: counted ready (a pod pulling its image is active, not ready yet)."""
+    if spec.get("suspend"):  # e.g. held by Kueue until admitted
+        return False
+    if "ready" in status:
+        return (status.get("ready") or 0) > 0
+    return bool(status.get("active"))  # clusters older than the Job `ready` count
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One attempt of one stage, as its Job's status tells it."""
+
+    name: str
+    run: str
+    key: StageKey
+    attempt: int
+    started: bool                  # the Job's pod is running (admitted, scheduled, image pulled)
+    succeeded: bool
+    failed: bool
+    deleting: bool
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None      # of the Failed condition: BackoffLimitExceeded, DeadlineExceeded, …
+    message: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.succeeded or self.failed
+
+    @property
+    def active(self) -> bool:
+        """Running or about to: counts as the stage's current attempt."""
+        return not self.finished and not self.deleting
+
+    @property
+    def phase(self) -> str:
+        if self.succeeded:
+            return "Succeeded"
+        if self.failed:
+            return "Failed"
+        if self.deleting:
+            return "Deleting"
+        return "Running" if self.started else "Pending"
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> JobState | None:
+        """The state of a stage Job; None for a Job that is not one of ours."""
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        try:
+            iteration = labels.get(ITERATION_LABEL)
+            key = StageKey(labels[STAGE_LABEL], int(iteration) if iteration is not None else None)
+            attempt = int(labels.get(ATTEMPT_LABEL, 0))
+        except (KeyError, ValueError):
+            return None
+        status = body.get("status") or {}
+        spec = body.get("spec") or {}
+        true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        succeeded = "Complete" in true or (status.get("succeeded") or 0) > 0
+        failed = not succeeded and ("Failed" in true or (status.get("failed") or 0) > (spec.get("backoffLimit") or 0))
+        ended = true.get("Complete") or true.get("Failed") or {}
+        finished_at = _time(status.get("completionTime")) or _time(ended.get("lastTransitionTime"))
+        return cls(
+            name=meta.get("name", ""),
+            run=annotations.get(RUN_ANNOTATION) or labels.get(RUN_LABEL, ""),
+            key=key,
+            attempt=attempt,
+            started=_started(status, spec),
+            succeeded=succeeded,
+            failed=failed,
+            deleting=bool(meta.get("deletionTimestamp")),
+            created_at=_time(meta.get("creationTimestamp")),
+            finished_at=finished_at,
+            reason=true["Failed"].get("reason") if "Failed" in true else None,
+            message=true["Failed"].get("message") if "Failed" in true else None,
+        )

@@ -1,0 +1,125 @@
+"""The few Kubernetes API calls the handlers make, on plain dicts.
+
+kopf watches the runs and Jobs; these calls create and delete stage Jobs and
+read the pods of failed ones. Label selectors are sent to the server and
+applied again here, so a server that ignores them (or a cache) cannot make us
+touch another run's Jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+
+from siked_operator.jobs import CONTAINER, RUN_LABEL, run_label
+from siked_operator.status import Failure
+from siked_runtime.spec import API_VERSION
+
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL = "distillationruns"
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG, ~/.kube/config)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def _json(response: Any) -> dict[str, Any]:
+    return json.loads(response.data or b"{}")
+
+
+def _matches(obj: dict[str, Any], labels: dict[str, str]) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+@dataclass
+class Kube:
+    client: kubernetes.client.ApiClient
+
+    @property
+    def batch(self) -> kubernetes.client.BatchV1Api:
+        return kubernetes.client.BatchV1Api(self.client)
+
+    @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return kubernetes.client.CoreV1Api(self.client)
+
+    def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
+        """Create the Job unless one with its name exists; True when this call created it."""
+        try:
+            self.batch.create_namespaced_job(namespace, job, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> bool:
+        """Delete a Job and (by background propagation) its pods; False when it was already gone."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
+                                             _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def run_jobs(self, namespace: str, run_name: str) -> list[dict[str, Any]]:
+        labels = {RUN_LABEL: run_label(run_name)}
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = _json(self.batch.list_namespaced_job(namespace, label_selector=selector,
+                                                     _preload_content=False)).get("items") or []
+        return [job for job in items if _matches(job, labels)]
+
+    def patch_run_status(self, namespace: str, name: str, patch: dict[str, Any]) -> str | None:
+        """Merge-patch the run's status; returns the run's new resourceVersion (None when the run is gone)."""
+        try:
+            response = kubernetes.client.CustomObjectsApi(self.client).patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": patch},
+                _content_type="application/merge-patch+json", _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return (_json(response).get("metadata") or {}).get("resourceVersion")
+
+    def job_failure(self, namespace: str, job_name: str) -> Failure:
+        """Exit code and termination message of the Job's last pod (empty when the pods are gone)."""
+        selector = f"job-name={job_name}"
+        items = _json(self.core.list_namespaced_pod(namespace, label_selector=selector,
+                                                    _preload_content=False)).get("items") or []
+        pods = [p for p in items if _matches(p, {"job-name": job_name})
+                or _matches(p, {"batch.kubernetes.io/job-name": job_name})]
+        pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+        for pod in reversed(pods):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+                if cs.get("name") == CONTAINER and terminated:
+                    return Failure(exit_code=terminated.get("exitCode"),
+                                   message=_failure_message(terminated))
+        return Failure()
+
+
+def _failure_message(terminated: dict[str, Any]) -> str | None:
+    """The stage's own error from its JSON summary; else the kubelet's reason (OOMKilled, Error)."""
+    message = (terminated.get("message") or "").strip()
+    if message:
+        try:
+            summary = json.loads(message.splitlines()[-1])
+        except (ValueError, IndexError):
+            return message[-1024:]
+        if isinstance(summary, dict) and summary.get("error"):
+            return str(summary["error"])
+        return message[-1024:]
+    return terminated.get("reason")

@@ -1,0 +1,237 @@
+"""Stage Job manifests and Job states: pure functions, no cluster."""
+
+from __future__ import annotations
+
+import pytest
+from siked_operator.config import Config
+from siked_operator.jobs import (
+    ATTEMPT_LABEL,
+    ITERATION_LABEL,
+    QUEUE_LABEL,
+    RUN_ANNOTATION,
+    RUN_LABEL,
+    STAGE_LABEL,
+    JobState,
+    build_stage_job,
+    job_name,
+    run_label,
+)
+
+from siked_runtime.graph import StageKey
+from siked_runtime.spec import load_manifest, validate_spec
+
+RUN = {
+    "apiVersion": "siked.io/v1alpha1",
+    "kind": "DistillationRun",
+    "metadata": {"name": "gsm8k", "namespace": "team-a", "uid": "0f6c-uid", "labels": {"team": "math"}},
+}
+URI = "s3://runs/team-a/gsm8k"
+CONFIG = Config(default_image="registry.example/siked:1", s3_endpoint="http://minio:9000", storage_secret="s3")
+
+
+def spec(**overrides):
+    base = {"student": {"model": "Qwen/Qwen2.5-1.5B-Instruct"}}
+    return validate_spec({**base, **overrides})
+
+
+def container(job):
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(job):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(job).get("env", [])}
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+
+def test_job_names_are_deterministic():
+    assert job_name("gsm8k", StageKey("train", 1)) == "gsm8k-it1-train"
+    assert job_name("gsm8k", StageKey("teacher")) == "gsm8k-teacher"
+    assert job_name("gsm8k", StageKey("teacher-eval")) == "gsm8k-teacher-eval"
+    assert job_name("gsm8k", StageKey("eval", 12), attempt=2) == "gsm8k-it12-eval-r2"
+
+
+def test_long_run_names_are_shortened_uniquely():
+    a, b = "x" * 60 + "-alpha", "x" * 60 + "-beta"
+    names = {job_name(n, StageKey("sample", 10), attempt=3) for n in (a, b)}
+    assert len(names) == 2
+    assert all(len(n) <= 63 and n.endswith("-it10-sample-r3") for n in names)
+    assert len(run_label(a)) <= 63 and run_label(a) != run_label(b)
+    assert run_label("gsm8k") == "gsm8k"
+
+
+# --- the Job --------------------------------------------------------------------------------------
+
+
+def test_job_runs_the_stage_entrypoint_with_labels_and_owner():
+    job = build_stage_job(RUN, StageKey("train", 1), spec(), CONFIG, run_uri=URI)
+    meta = job["metadata"]
+    assert meta["name"] == "gsm8k-it1-train" and meta["namespace"] == "team-a"
+    assert meta["labels"][RUN_LABEL] == "gsm8k"
+    assert meta["labels"][STAGE_LABEL] == "train"
+    assert meta["labels"][ITERATION_LABEL] == "1"
+    assert meta["labels"][ATTEMPT_LABEL] == "0"
+    assert meta["labels"]["team"] == "math"  # the run's own labels travel along
+    assert meta["annotations"][RUN_ANNOTATION] == "gsm8k"
+    [owner] = meta["ownerReferences"]
+    assert owner == {"apiVersion": "siked.io/v1alpha1", "kind": "DistillationRun", "name": "gsm8k",
+                     "uid": "0f6c-uid", "controller": True, "blockOwnerDeletion": True}
+    c = container(job)
+    assert c["command"] == ["siked", "stage"]
+    assert c["args"] == ["train", "--run-uri", URI, "--iteration", "1"]
+    assert c["image"] == "registry.example/siked:1"
+    assert job["spec"]["backoffLimit"] == 0  # retries are the operator's
+    pod = job["spec"]["template"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["metadata"]["labels"][RUN_LABEL] == "gsm8k" and pod["metadata"]["labels"]["team"] == "math"
+    assert "activeDeadlineSeconds" not in job["spec"]
+
+
+def test_stages_outside_iterations_have_no_iteration():
+    job = build_stage_job(RUN, StageKey("teacher"), spec(), CONFIG, run_uri=URI)
+    assert container(job)["args"] == ["teacher", "--run-uri", URI]
+    assert ITERATION_LABEL not in job["metadata"]["labels"]
+
+
+def test_retry_attempts_get_their_own_name_and_label():
+    job = build_stage_job(RUN, StageKey("eval", 0), spec(), CONFIG, run_uri=URI, attempt=2)
+    assert job["metadata"]["name"] == "gsm8k-it0-eval-r2"
+    assert job["metadata"]["labels"][ATTEMPT_LABEL] == "2"
+
+
+def test_storage_endpoint_and_credentials():
+    job = build_stage_job(RUN, StageKey("teacher"), spec(), CONFIG, run_uri=URI)
+    assert env(job)["SIKED_S3_ENDPOINT"] == "http://minio:9000"
+    assert container(job)["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    own = spec(storage={"uri": URI, "endpoint": "http://ceph:7480", "secretRef": "team-a-s3"})
+    job = build_stage_job(RUN, StageKey("teacher"), own, CONFIG, run_uri=URI)
+    assert env(job)["SIKED_S3_ENDPOINT"] == "http://ceph:7480"
+    assert container(job)["envFrom"] == [{"secretRef": {"name": "team-a-s3"}}]
+    bare = build_stage_job(RUN, StageKey("teacher"), spec(), Config(), run_uri=URI)
+    assert "envFrom" not in container(bare) and "SIKED_S3_ENDPOINT" not in env(bare)
+
+
+def test_termination_message_is_the_stage_summary():
+    c = container(build_stage_job(RUN, StageKey("teacher"), spec(), CONFIG, run_uri=URI))
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert env({"spec": {"template": {"spec": {"containers": [c]}}}})["SIKED_TERMINATION_LOG"] == "/dev/termination-log"
+
+
+def test_resources_per_stage():
+    s = spec(resources={
+        "default": {"cpu": "4", "memory": "32Gi", "nodeSelector": {"pool": "gpu"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "priorityClassName": "batch", "queueName": "research"},
+        "train": {"gpus": 4, "memory": "160Gi"},
+        "teacher": {"queueName": "cpu-queue"},
+    })
+    train = build_stage_job(RUN, StageKey("train", 0), s, CONFIG, run_uri=URI)
+    assert container(train)["resources"] == {
+        "requests": {"cpu": "4", "memory": "160Gi", "nvidia.com/gpu": 4},
+        "limits": {"memory": "160Gi", "nvidia.com/gpu": 4},
+    }
+    pod = train["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "batch"
+    assert train["metadata"]["labels"][QUEUE_LABEL] == "research"
+    # Kueue admits the Job; a queue label on its pods would make them workloads of their own.
+    assert QUEUE_LABEL not in train["spec"]["template"]["metadata"]["labels"]
+
+    teacher = build_stage_job(RUN, StageKey("teacher"), s, CONFIG, run_uri=URI)
+    assert "nvidia.com/gpu" not in container(teacher)["resources"]["requests"]
+    assert teacher["metadata"]["labels"][QUEUE_LABEL] == "cpu-queue"
+    # Evaluations without their own entry use eval's; the baseline is an evaluation.
+    s2 = spec(resources={"eval": {"gpus": 1}})
+    baseline = build_stage_job(RUN, StageKey("baseline"), s2, CONFIG, run_uri=URI)
+    assert container(baseline)["resources"]["limits"] == {"nvidia.com/gpu": 1}
+
+
+def test_no_resources_means_no_requests():
+    job = build_stage_job(RUN, StageKey("export"), spec(), CONFIG, run_uri=URI)
+    assert container(job)["resources"] == {}
+    pod = job["spec"]["template"]["spec"]
+    assert not {"nodeSelector", "tolerations", "priorityClassName"} & pod.keys()
+    assert QUEUE_LABEL not in job["metadata"]["labels"]
+
+
+def test_image_and_pull_policy_from_the_spec():
+    job = build_stage_job(RUN, StageKey("teacher"), spec(image="mine:2", imagePullPolicy="Always"), CONFIG,
+                          run_uri=URI)
+    assert container(job)["image"] == "mine:2" and container(job)["imagePullPolicy"] == "Always"
+
+
+def test_teacher_api_key_only_reaches_teacher_stages():
+    s = spec(teacher={"kind": "openai", "model": "gpt", "endpoint": "http://vllm:8000/v1",
+                      "apiKeySecret": {"name": "teacher-api", "key": "token"}})
+    teacher = env(build_stage_job(RUN, StageKey("teacher"), s, CONFIG, run_uri=URI))
+    assert teacher["OPENAI_API_KEY"] == {"secretKeyRef": {"name": "teacher-api", "key": "token"}}
+    train = env(build_stage_job(RUN, StageKey("train", 0), s, CONFIG, run_uri=URI))
+    assert "OPENAI_API_KEY" not in train
+
+
+def test_remaining_run_deadline_bounds_the_job():
+    job = build_stage_job(RUN, StageKey("teacher"), spec(), CONFIG, run_uri=URI, deadline_seconds=90)
+    assert job["spec"]["activeDeadlineSeconds"] == 90
+
+
+def test_service_account():
+    job = build_stage_job(RUN, StageKey("teacher"), spec(), Config(service_account="siked-stage"), run_uri=URI)
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "siked-stage"
+
+
+def test_gpu_cluster_example_builds_jobs():
+    run = load_manifest("examples/gpu-cluster.yaml")
+    body = {"apiVersion": "siked.io/v1alpha1", "kind": "DistillationRun",
+            "metadata": {"name": run.metadata.name, "namespace": run.metadata.namespace, "uid": "u"}}
+    job = build_stage_job(body, StageKey("train", 2), run.spec, CONFIG, run_uri=run.spec.storage.uri)
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container(job)["image"] == "ghcr.io/siked/siked:0.1.0"
+
+
+# --- reading Jobs back ----------------------------------------------------------------------------
+
+
+def job_body(status=None, labels=None, **meta):
+    labels = {RUN_LABEL: "gsm8k", STAGE_LABEL: "train", ITERATION_LABEL: "1", ATTEMPT_LABEL: "1"} | (labels or {})
+    return {"metadata": {"name": "gsm8k-it1-train-r1", "labels": labels, **meta},
+            "spec": {"backoffLimit": 0}, "status": status or {}}
+
+
+def test_job_state_of_a_new_job():
+    state = JobState.from_body(job_body())
+    assert state.key == StageKey("train", 1) and state.attempt == 1 and state.run == "gsm8k"
+    assert state.active and not state.started and state.phase == "Pending"
+
+
+def test_job_state_running_succeeded_failed():
+    running = JobState.from_body(job_body({"startTime": "2026-01-01T00:00:00Z", "active": 1, "ready": 1}))
+    assert running.started and running.active and running.phase == "Running"
+    pulling = JobState.from_body(job_body({"startTime": "2026-01-01T00:00:00Z", "active": 1, "ready": 0}))
+    assert not pulling.started and pulling.phase == "Pending"
+    older_cluster = JobState.from_body(job_body({"startTime": "2026-01-01T00:00:00Z", "active": 1}))
+    assert older_cluster.started
+    done = JobState.from_body(job_body({"succeeded": 1, "completionTime": "2026-01-01T00:10:00Z",
+                                        "conditions": [{"type": "Complete", "status": "True"}]}))
+    assert done.succeeded and not done.active and done.finished_at.minute == 10
+    failed = JobState.from_body(job_body({"failed": 1, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "too slow",
+         "lastTransitionTime": "2026-01-01T00:05:00Z"}]}))
+    assert failed.failed and failed.reason == "DeadlineExceeded" and failed.finished_at.minute == 5
+    # A failed pod fails the Job (backoffLimit 0) even before the condition shows.
+    assert JobState.from_body(job_body({"failed": 1})).failed
+
+
+def test_job_state_suspended_and_deleting():
+    suspended = job_body({"startTime": "2026-01-01T00:00:00Z", "active": 1})
+    suspended["spec"]["suspend"] = True  # e.g. held by Kueue
+    assert not JobState.from_body(suspended).started
+    deleting = JobState.from_body(job_body(deletionTimestamp="2026-01-01T00:00:00Z"))
+    assert deleting.deleting and not deleting.active
+
+
+@pytest.mark.parametrize("labels", [{STAGE_LABEL: "bogus"}, {ITERATION_LABEL: "x"}, {STAGE_LABEL: "teacher"}])
+def test_foreign_jobs_are_ignored(labels):
+    assert JobState.from_body(job_body(labels=labels)) is None
