@@ -14,15 +14,7 @@ from siked_runtime import datasets
 from siked_runtime.datasets import DatasetError, detect_format, dump_jsonl, load_records, split_validation
 from siked_runtime.synthetic import generate
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def shared(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"{path} is not present (the shared dataset copies live next to the repository)")
-    return path
+from shared_data import FIXTURES, shared  # noqa: E402
 
 
 # --- real files ----------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -12,15 +11,7 @@ from siked_runtime.strategies import STRATEGIES, parse_solution
 from siked_runtime.synthetic import generate
 from siked_runtime.teachers import OFFLINE_TEACHERS, gold, oracle
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def shared(relative: str) -> str:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"{path} is not present (the shared dataset copies live next to the repository)")
-    return str(path)
+from shared_data import FIXTURES, shared  # noqa: E402
 
 
 def run_program(program: str) -> float:
@@ -101,7 +92,7 @@ def test_oracle_solutions_pass_the_verifier():
 
 
 def test_gold_gsm8k_first_training_question():
-    record = load_records(shared("gsm8k/train.jsonl"), limit=1)[0]
+    record = load_records(str(shared("gsm8k/train.jsonl")), limit=1)[0]
     rows = {r["strategy"]: r["completion"] for r in gold.solutions(record)}
     assert set(rows) == {"cot", "pot"}  # no sub-questions, so no l2m
     assert rows["cot"] == (
@@ -111,7 +102,7 @@ def test_gold_gsm8k_first_training_question():
 
 
 def test_gold_gsm8k_socratic_least_to_most():
-    record = load_records(shared("gsm8k/test_socratic.jsonl"), limit=1)[0]
+    record = load_records(str(shared("gsm8k/test_socratic.jsonl")), limit=1)[0]
     rows = {r["strategy"]: r["completion"] for r in gold.solutions(record)}
     assert rows["l2m"] == (
         "[l2m]\n"
@@ -122,7 +113,7 @@ def test_gold_gsm8k_socratic_least_to_most():
 
 
 def test_gold_gsm8k_test_set_rates():
-    records = load_records(shared("gsm8k/test_socratic.jsonl"))
+    records = load_records(str(shared("gsm8k/test_socratic.jsonl")))
     rows = list(gold.teach(records))
     written = {s: sum(r["strategy"] == s for r in rows) for s in STRATEGIES}
     assert written["cot"] == written["l2m"] == len(records)
@@ -187,7 +178,7 @@ def test_parse_arithmetic_cleans_calculator_spellings():
 
 
 def test_gold_svamp_from_equations():
-    records = load_records(shared("svamp/SVAMP.json"))
+    records = load_records(str(shared("svamp/SVAMP.json")))
     rows = list(gold.teach(records))
     assert sum(r["strategy"] == "pot" for r in rows) >= 0.99 * len(records)
     assert sum(r["strategy"] == "cot" for r in rows) >= 0.99 * len(records)
