@@ -19,7 +19,6 @@ import argparse
 import json
 import sys
 import time
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -51,12 +50,6 @@ def _write_jsonl(rows: Iterable[dict], out: str | None) -> int:
         if out:
             stream.close()
     return count
-
-
-def _chunks(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    it = iter(rows)
-    while chunk := list(islice(it, size)):
-        yield chunk
 
 
 # An invalid manifest raises SpecError (a ValueError): `main` prints it, exit code 2.
@@ -114,24 +107,17 @@ def cmd_schema(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from siked_runtime.verify import Verifier, format_summary, summarize
+    from siked_runtime.verify import Verifier, format_summary, summarize, verify_records
 
     rows = list(_read_jsonl(args.input))
     for n, row in enumerate(rows, 1):
         missing = [k for k in ("answer", "completion") if k not in row]
         if missing:
             raise SystemExit(f"{args.input} record {n}: missing {', '.join(missing)}")
-    out_rows: list[dict] = []
     start = time.perf_counter()
-    with Verifier(timeout=args.timeout) as verifier, tqdm(
-        total=len(rows), unit="item", desc="verify", file=sys.stderr, disable=args.quiet
-    ) as bar:
-        for chunk in _chunks(rows, 256):
-            verdicts = verifier.verify([(str(r["answer"]), str(r["completion"])) for r in chunk])
-            for row, v in zip(chunk, verdicts):
-                out_rows.append({**row, "strategy": v.strategy, "verdict": v.verdict,
-                                 "predicted": v.predicted, "reason": v.reason})
-            bar.update(len(chunk))
+    with Verifier(timeout=args.timeout) as verifier:
+        out_rows = list(tqdm(verify_records(rows, verifier), total=len(rows), unit="item", desc="verify",
+                             file=sys.stderr, disable=args.quiet))
     _write_jsonl(out_rows, args.out)
     summary = summarize(out_rows)
     print(format_summary(summary), file=sys.stderr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from siked_runtime.stages.common import Rate
-from siked_runtime.verify import Verifier
+from siked_runtime.verify import Verifier, verify_records
 
 BATCH = 512
 
@@ -13,11 +13,8 @@ def verify_rows(rows: list[dict], what: str = "verify") -> list[dict]:
     out: list[dict] = []
     rate = Rate(what, len(rows))
     with Verifier() as verifier:
-        for start in range(0, len(rows), BATCH):
-            chunk = rows[start : start + BATCH]
-            verdicts = verifier.verify([(str(r["answer"]), r["completion"]) for r in chunk])
-            out += [{**r, "strategy": v.strategy, "verdict": v.verdict, "predicted": v.predicted, "reason": v.reason}
-                    for r, v in zip(chunk, verdicts)]
-            if len(rows) > BATCH:
-                rate.update(len(chunk))
+        for row in verify_records(rows, verifier, batch_size=BATCH):
+            out.append(row)
+            if len(rows) > BATCH and (len(out) % BATCH == 0 or len(out) == len(rows)):
+                rate.update(len(out) - rate.done)
     return out
