@@ -167,7 +167,8 @@ def test_smoke_run_end_to_end(k8s: K8s):
         ["teacher", "baseline", "train", "eval", "sample", "train", "eval", "export"])
     assert all(s["status"] == "succeeded" for s in summaries)
 
-    # Kubernetes events per stage, and the finish.
+    # Kubernetes events per stage, and the finish (kopf posts events in the background).
+    k8s.wait(lambda: any(e["reason"] == "Finished" for e in k8s.api.events("smoke")), "the Finished event")
     events = Counter((e["reason"], e["message"].split(" ")[0]) for e in k8s.api.events("smoke"))
     for name in ("teacher", "baseline", "train[0]", "eval[0]", "sample[1]", "train[1]", "eval[1]", "export"):
         assert events[("StageStarted", name)] == 1 and events[("StageSucceeded", name)] == 1, name
@@ -307,7 +308,8 @@ def test_invalid_specs_get_a_condition_and_no_jobs(k8s: K8s):
         valid = next(c for c in run["status"]["conditions"] if c["type"] == "SpecValid")
         assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
         assert expected in valid["message"], valid["message"]
-        assert any(e["reason"] == "InvalidSpec" for e in k8s.api.events(name))
+        k8s.wait(lambda: any(e["reason"] == "InvalidSpec" for e in k8s.api.events(name)),
+                 f"an InvalidSpec event for {name}")
     time.sleep(2)
     assert k8s.api.jobs() == []
 
@@ -339,8 +341,8 @@ def test_suspend_mid_run_then_resume(k8s: K8s):
     k8s.api.patch_run("smoke", {"spec": {"suspend": False}})
     run = k8s.wait_phase("smoke", "Succeeded", timeout=60)
     assert next(c for c in run["status"]["conditions"] if c["type"] == "Suspended")["status"] == "False"
-    reasons = [e["reason"] for e in k8s.api.events("smoke")]
-    assert "Suspended" in reasons and "Resumed" in reasons
+    k8s.wait(lambda: {"Suspended", "Resumed"} <= {e["reason"] for e in k8s.api.events("smoke")},
+             "the Suspended and Resumed events")
 
 
 @pytest.mark.parametrize("delete_artifacts", [False, True])
