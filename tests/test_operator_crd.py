@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,13 @@ def errors(document: Any, node: dict[str, Any]) -> list[str]:
 def test_crd_file_is_generated_from_the_model():
     assert CRD_FILE.read_text() == render(), (
         "crds/distillationrun.yaml is out of date: python -m siked_operator.crd > crds/distillationrun.yaml")
+
+
+def test_crd_file_reads_the_same_in_yaml_1_1():
+    """kubectl, helm and kube-apiserver read YAML 1.1, where a bare `n` or `y` is a boolean."""
+    yaml_1_1_booleans = re.compile(r"^\s*(?:- )?(?:y|Y|n|N|yes|no|on|off)\s*:", re.MULTILINE)
+    assert yaml_1_1_booleans.findall(render()) == []
+    assert yaml.safe_load(render())["spec"] == build_crd()["spec"]
 
 
 def test_crd_names_subresources_and_columns():

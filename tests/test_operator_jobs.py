@@ -18,7 +18,7 @@ from siked_operator.jobs import (
 )
 
 from siked_runtime.graph import StageKey
-from siked_runtime.spec import load_manifest, validate_spec
+from siked_runtime.spec import ResourceSpec, load_manifest, validate_spec
 
 RUN = {
     "apiVersion": "siked.io/v1alpha1",
@@ -147,6 +147,19 @@ def test_resources_per_stage():
     s2 = spec(resources={"eval": {"gpus": 1}})
     baseline = build_stage_job(RUN, StageKey("baseline"), s2, CONFIG, run_uri=URI)
     assert container(baseline)["resources"]["limits"] == {"nvidia.com/gpu": 1}
+
+
+def test_operator_default_resources_sit_under_the_runs():
+    config = Config(default_resources=ResourceSpec(gpus=1, memory="16Gi", node_selector={"pool": "gpu"}))
+    plain = build_stage_job(RUN, StageKey("train", 0), spec(), config, run_uri=URI)
+    assert container(plain)["resources"] == {"requests": {"memory": "16Gi", "nvidia.com/gpu": 1},
+                                             "limits": {"memory": "16Gi", "nvidia.com/gpu": 1}}
+    assert plain["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+    # The run's default and its stage entries win, field by field; 0 GPUs is a choice, not "unset".
+    own = spec(resources={"default": {"memory": "8Gi"}, "teacher": {"gpus": 0}})
+    teacher = build_stage_job(RUN, StageKey("teacher"), own, config, run_uri=URI)
+    assert container(teacher)["resources"] == {"requests": {"memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+    assert teacher["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
 
 
 def test_no_resources_means_no_requests():

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from siked_operator.main import build_parser, config_from
 
 
@@ -27,6 +28,15 @@ def test_ports_from_the_environment(monkeypatch):
     monkeypatch.setenv("SIKED_OPERATOR_LIVENESS_PORT", "8181")
     args = build_parser().parse_args(["-A"])
     assert args.all_namespaces and args.metrics_port == 0 and args.liveness_port == 8181
+
+
+def test_default_stage_resources_as_json(monkeypatch):
+    monkeypatch.setenv("SIKED_OPERATOR_DEFAULT_RESOURCES", '{"gpus": 1, "nodeSelector": {"pool": "gpu"}}')
+    assert config_from(build_parser().parse_args([])).default_resources.node_selector == {"pool": "gpu"}
+    args = build_parser().parse_args(["--default-resources", '{"memory": "32Gi"}'])
+    assert config_from(args).default_resources.model_dump(exclude_none=True) == {"memory": "32Gi"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--default-resources", '{"gpu": 1}'])  # a typo is an error, not ignored
 
 
 def test_the_console_script_runs():

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 
+from siked_runtime.spec import ResourceSpec
+
 
 def _default_image() -> str:
     try:
@@ -22,6 +24,8 @@ def _default_image() -> str:
 @dataclass(frozen=True)
 class Config:
     default_image: str = field(default_factory=_default_image)
+    # Resources of stage Jobs, under the run's spec.resources (whose default and per-stage entries win).
+    default_resources: ResourceSpec = field(default_factory=ResourceSpec)
     # Runs without spec.storage.uri live at <storage_uri>/<namespace>/<name>; unset: such runs are invalid.
     storage_uri: str | None = None
     # S3 endpoint (MinIO, Ceph) for runs that do not name one; the operator reads manifests through it too.
@@ -47,7 +51,10 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
-        """Settings from SIKED_OPERATOR_<FIELD> variables (SIKED_OPERATOR_STORAGE_URI, …); unset: defaults."""
+        """Settings from SIKED_OPERATOR_<FIELD> variables (SIKED_OPERATOR_STORAGE_URI, …); unset: defaults.
+
+        SIKED_OPERATOR_DEFAULT_RESOURCES is JSON shaped like a run's spec.resources.default.
+        """
         environ = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
@@ -56,6 +63,8 @@ class Config:
                 continue
             if f.name == "stage_command":
                 values[f.name] = tuple(raw.split())
+            elif f.name == "default_resources":
+                values[f.name] = ResourceSpec.model_validate_json(raw)
             elif f.type in ("float", float):
                 values[f.name] = float(raw)
             else:

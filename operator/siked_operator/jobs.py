@@ -61,8 +61,10 @@ def job_name(run_name: str, key: StageKey, attempt: int = 0) -> str:
     return _shorten(run_name, NAME_LIMIT - len(suffix)) + suffix
 
 
-def stage_resources(spec: DistillationSpec, stage: str) -> ResourceSpec:
-    return spec.resources.for_stage(_RESOURCES_OF.get(stage, stage))
+def stage_resources(spec: DistillationSpec, stage: str, defaults: ResourceSpec) -> ResourceSpec:
+    """The operator's defaults, then the run's `resources.default`, then the stage's own entry on top."""
+    run = spec.resources.for_stage(_RESOURCES_OF.get(stage, stage))
+    return ResourceSpec(**(defaults.model_dump(exclude_none=True) | run.model_dump(exclude_none=True)))
 
 
 def _container_resources(res: ResourceSpec) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def _env(spec: DistillationSpec, key: StageKey, config: Config, run_name: str) -
 
 
 def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: str, run_uri: str) -> dict[str, Any]:
-    res = stage_resources(spec, key.stage)
+    res = stage_resources(spec, key.stage, config.default_resources)
     args = [key.stage, "--run-uri", run_uri]
     if key.iteration is not None:
         args += ["--iteration", str(key.iteration)]
@@ -163,7 +165,7 @@ def build_stage_job(
     }
     if key.iteration is not None:
         labels[ITERATION_LABEL] = str(key.iteration)
-    queue = stage_resources(spec, key.stage).queue_name
+    queue = stage_resources(spec, key.stage, config.default_resources).queue_name
     if queue:
         labels[QUEUE_LABEL] = queue
     annotations = {RUN_ANNOTATION: run_name, RUN_URI_ANNOTATION: run_uri}

@@ -17,10 +17,16 @@ import os
 import sys
 
 from siked_operator.config import Config
+from siked_runtime.spec import ResourceSpec
 
 
 def _env(name: str) -> str | None:
     return os.environ.get(f"SIKED_OPERATOR_{name}") or None
+
+
+def resources(text: str) -> ResourceSpec:
+    """JSON shaped like a run's spec.resources.default."""
+    return ResourceSpec.model_validate_json(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liveness-port", type=int, default=int(_env("LIVENESS_PORT") or 8080),
                    help="liveness probe at http://:PORT/healthz (0: off; default 8080)")
     p.add_argument("--default-image", help="stage Jobs' image for runs without spec.image")
+    p.add_argument("--default-resources", type=resources, metavar="JSON",
+                   help="stage Jobs' resources under each run's spec.resources, shaped like "
+                        "spec.resources.default, e.g. '{\"gpus\": 1, \"memory\": \"32Gi\"}'")
     p.add_argument("--storage-uri", help="runs without spec.storage.uri live at URI/<namespace>/<name>")
     p.add_argument("--s3-endpoint", help="S3 endpoint (MinIO, Ceph) for runs without spec.storage.endpoint")
     p.add_argument("--storage-secret", help="Secret with AWS_* keys for runs without spec.storage.secretRef")

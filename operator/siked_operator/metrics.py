@@ -13,9 +13,11 @@ process observed.
     siked_run_alpha{namespace,run,iteration}                   teacher rows / all training rows
     siked_run_samples{namespace,run,iteration}                 student samples drawn
     siked_run_correct_samples{namespace,run,iteration}         … of them verified correct
+    siked_run_sample_accuracy{namespace,run,iteration}         correct samples / samples
     siked_stage_duration_seconds{stage}                        histogram of finished stages
     siked_stage_jobs_created_total{stage}
     siked_stage_job_failures_total{namespace,run,stage}
+    siked_stage_retries_total{namespace,run,stage}             Jobs created to retry a failed stage
     siked_reconcile_duration_seconds                           histogram of full reconciles
 """
 
@@ -41,12 +43,15 @@ STRATEGY_SHARE = Gauge("siked_run_strategy_share", "Share of the student's valid
 ALPHA = Gauge("siked_run_alpha", "Teacher rows / all training rows of the iteration", RUN + ["iteration"])
 SAMPLES = Gauge("siked_run_samples", "Student samples drawn in the iteration", RUN + ["iteration"])
 CORRECT_SAMPLES = Gauge("siked_run_correct_samples", "Student samples verified correct", RUN + ["iteration"])
+SAMPLE_ACCURACY = Gauge("siked_run_sample_accuracy", "Student samples verified correct / samples drawn",
+                        RUN + ["iteration"])
 STAGE_DURATION = Histogram(
     "siked_stage_duration_seconds", "Run time of finished stages", ["stage"],
     buckets=(5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
 )
 JOBS_CREATED = Counter("siked_stage_jobs_created_total", "Stage Jobs created", ["stage"])
 JOB_FAILURES = Counter("siked_stage_job_failures_total", "Stage Jobs that failed", RUN + ["stage"])
+RETRIES = Counter("siked_stage_retries_total", "Stage Jobs created to retry a failed attempt", RUN + ["stage"])
 RECONCILE_SECONDS = Histogram("siked_reconcile_duration_seconds", "Time of a full reconcile of one run",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
@@ -55,7 +60,7 @@ _PER_RUN = (
     (RUN_PHASE, RUN + ["phase"]), (RUN_ITERATION, RUN), (BEST_ITERATION, RUN),
     (ACCURACY, RUN + ["dataset", "iteration"]), (STRATEGY_SHARE, RUN + ["iteration", "strategy"]),
     (ALPHA, RUN + ["iteration"]), (SAMPLES, RUN + ["iteration"]), (CORRECT_SAMPLES, RUN + ["iteration"]),
-    (JOB_FAILURES, RUN + ["stage"]),
+    (SAMPLE_ACCURACY, RUN + ["iteration"]), (JOB_FAILURES, RUN + ["stage"]), (RETRIES, RUN + ["stage"]),
 )
 
 
@@ -101,6 +106,8 @@ def observe_run(namespace: str, name: str, status: Mapping[str, Any]) -> None:
             SAMPLES.labels(namespace, name, t).set(result["samples"])
         if result.get("correctSamples") is not None:
             CORRECT_SAMPLES.labels(namespace, name, t).set(result["correctSamples"])
+        if result.get("sampleAccuracy") is not None:
+            SAMPLE_ACCURACY.labels(namespace, name, t).set(result["sampleAccuracy"])
 
 
 def forget_run(namespace: str, name: str) -> None:

@@ -194,6 +194,8 @@ def reconcile_run(run: Mapping[str, Any], jobs: list[JobState], config: Config, 
                               deadline_seconds=decision.deadline_seconds)
         if kube.create_job(namespace, job):
             metrics.JOBS_CREATED.labels(key.stage).inc()
+            if attempt:
+                metrics.RETRIES.labels(namespace, name, key.stage).inc()
             retry = f" (attempt {attempt + 1} of {spec.backoff_limit + 1})" if attempt else ""
             events.append(Event("Normal", Reason.STAGE_STARTED.value,
                                 f"{key} started{retry}: Job {job['metadata']['name']}"))
