@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from jinja2 import TemplateError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -229,6 +230,11 @@ def chat_prompt(tokenizer: PreTrainedTokenizerBase, user_text: str) -> str:
     """
     if not tokenizer.chat_template:
         return user_text
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
-    )
+    user = {"role": "user", "content": user_text}
+    try:
+        # An empty system turn keeps out the default system prompt some templates insert
+        # (SmolLM2's, Qwen2.5's): a dozen or more tokens in every prompt that teach nothing.
+        return tokenizer.apply_chat_template(
+            [{"role": "system", "content": ""}, user], tokenize=False, add_generation_prompt=True)
+    except TemplateError:  # templates without a system role (Gemma's) raise
+        return tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)

@@ -34,10 +34,10 @@ def tag(strategy: str) -> str:
 
 # Identical at train and inference time, so the student's strategy choice is
 # conditioned on the same text it was trained with.
+# Short on purpose: every prompt carries it, at training and at sampling time.
 INSTRUCTION = (
-    "Solve the problem. Begin with a strategy tag: [cot] reason step by step; "
-    "[l2m] ask and answer sub-questions (Q:/A:); [pot] write Python that sets answer. "
-    "[cot] and [l2m] end with 'Answer: <number>'."
+    "Start with a strategy tag: [cot] steps, [l2m] sub-questions, or [pot] Python setting answer. "
+    "End [cot]/[l2m] with 'Answer: <number>'."
 )
 
 

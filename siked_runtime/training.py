@@ -28,7 +28,9 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 from transformers.utils import is_flash_attn_2_available
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
+
+from siked_runtime.completion_loss import CompletionLossTrainer
 
 from siked_runtime.models import chat_prompt, cpu_has_native_bf16, default_device, resolve_dtype, resolve_model
 from siked_runtime.spec import StudentSpec, TrainingSpec
@@ -128,8 +130,8 @@ def build_trainer(
     seed: int,
     output_dir: str,
     callbacks: list[TrainerCallback] | None = None,
-) -> SFTTrainer:
-    """The configured `SFTTrainer` behind `train_sft` (its dataset already tokenized and masked)."""
+) -> CompletionLossTrainer:
+    """The configured trainer behind `train_sft` (its dataset already tokenized and masked)."""
     if not rows:
         raise ValueError("training needs at least one row")
     path = resolve_model(base_model_path)
@@ -145,7 +147,7 @@ def build_trainer(
     dataset = Dataset.from_list(
         [{"prompt": chat_prompt(tokenizer, r["prompt"]), "completion": r["completion"]} for r in rows]
     )
-    return SFTTrainer(
+    return CompletionLossTrainer(
         model=model,
         args=config,
         train_dataset=dataset,

@@ -97,6 +97,17 @@ def test_chat_prompt_wraps_the_user_turn(tiny_model: str) -> None:
     prompt = chat_prompt(tokenizer, "Question: what is 2 + 3?")
     assert "Question: what is 2 + 3?" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")  # SmolLM2's template, ready for the answer
+    # The template's default system prompt stays out: it would cost every prompt a dozen tokens.
+    default = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert "You are a helpful AI assistant" in default and "You are a helpful AI assistant" not in prompt
+
+
+def test_chat_prompt_falls_back_for_templates_without_a_system_role(tiny_model: str) -> None:
+    _, tokenizer = load_student(tiny_model, device="cpu")
+    tokenizer.chat_template = (  # Gemma-style: refuses the system role
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<turn>{{ m['content'] }}</turn>{% endfor %}{% if add_generation_prompt %}<model>{% endif %}")
+    assert chat_prompt(tokenizer, "hi") == "<turn>hi</turn><model>"
 
 
 def test_chat_prompt_without_template_is_the_text() -> None:
@@ -110,7 +121,10 @@ def test_smollm2_from_the_package_answers_a_question() -> None:
     assert "smollm2-135m-instruct" in os.path.basename(path)
     model, tokenizer = load_student(path, device="cpu")
     assert model.config.num_hidden_layers == 30
-    inputs = tokenizer([chat_prompt(tokenizer, "What is 2 + 3?")], return_tensors="pt")
+    # The model's own template and system prompt: this checks the converted weights, not our prompts.
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
+                                         add_generation_prompt=True)
+    inputs = tokenizer([text], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "5" in answer

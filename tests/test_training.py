@@ -9,10 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTTrainer
 
 from siked_runtime.models import chat_prompt, resolve_model
 from siked_runtime.spec import LoraSpec, StudentSpec, TrainingSpec
 from siked_runtime.strategies import build_prompt, format_solution
+from siked_runtime.completion_loss import CompletionLossTrainer
 from siked_runtime.training import build_trainer, train_sft
 
 
@@ -107,3 +109,24 @@ def test_training_needs_rows(tiny_model: str, tmp_path: Path) -> None:
     student = StudentSpec(model="builtin:tiny-random")
     with pytest.raises(ValueError, match="at least one row"):
         train_sft(tiny_model, [], tmp_path, student, FEW_STEPS, seed=0)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_completion_loss_equals_trls_loss(tiny_model: str, tmp_path: Path, finetune: str) -> None:
+    # Scoring only the completion positions trains the objective TRL's full-sequence head computes.
+    student = StudentSpec(model="builtin:tiny-random", finetune=finetune)
+    trainer = build_trainer(tiny_model, _rows(4), student, FEW_STEPS, seed=0, output_dir=str(tmp_path))
+    assert isinstance(trainer, CompletionLossTrainer)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    trls_loss = SFTTrainer.compute_loss
+    with trainer.compute_loss_context_manager():
+        with pytest.MonkeyPatch.context() as patch:  # ours must not defer to TRL here
+            patch.setattr(SFTTrainer, "compute_loss", lambda *a, **k: pytest.fail("deferred to TRL"))
+            ours = trainer.compute_loss(trainer.model, dict(batch))
+        trl = trls_loss(trainer, trainer.model, dict(batch))
+    assert ours.requires_grad and math.isfinite(ours.item())
+    assert float(ours) == pytest.approx(float(trl), rel=2e-2)
+    metrics = trainer._metrics["train"]
+    assert metrics["mean_token_accuracy"][0] == pytest.approx(metrics["mean_token_accuracy"][1], abs=0.05)
+    assert metrics["entropy"][0] == pytest.approx(metrics["entropy"][1], rel=5e-2)
