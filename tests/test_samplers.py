@@ -137,36 +137,3 @@ def test_make_sampler_builds_transformers(tmp_path_factory: pytest.TempPathFacto
     assert isinstance(sampler, TransformersSampler) and sampler.batch_size == 8
     sampler.close()
 
-
-def test_vllm_sampler_drives_the_engine(monkeypatch) -> None:
-    # A stand-in for the vllm module: records what the sampler asks of the engine.
-    class Output:
-        def __init__(self, text: str):
-            self.text = text
-
-    class Request:
-        def __init__(self, prompt: str, n: int):
-            self.outputs = [Output(f"[cot]\n{prompt} {i}\nAnswer: {i}\nQuestion: more") for i in range(n)]
-
-    class LLM:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-
-        def get_tokenizer(self):
-            return "tokenizer"
-
-        def generate(self, prompts, params, use_tqdm=True):
-            self.params = params
-            return [Request(p, params["n"]) for p in prompts]
-
-    fake = type(sys)("vllm")
-    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-
-    sampler = VllmSampler("/models/student", gpu_memory_utilization=0.5)
-    assert sampler.llm.kwargs["enable_prefix_caching"] and sampler.llm.kwargs["model"] == "/models/student"
-    out = sampler.generate(["p1", "p2"], n=3, temperature=0.7, max_new_tokens=50, seed=1)
-    assert sampler.llm.params == dict(n=3, temperature=0.7, top_p=1.0, max_tokens=50, stop=["\nQuestion:"], seed=1)
-    assert out[1] == [f"[cot]\np2 {i}\nAnswer: {i}" for i in range(3)]
-    greedy = sampler.generate(["p1"], n=2)
-    assert sampler.llm.params["n"] == 1 and greedy == [["[cot]\np1 0\nAnswer: 0"] * 2]

@@ -18,15 +18,16 @@ class StudentGenerator:
     """
 
     def __init__(self, spec: DistillationSpec, model_path: Path | str, batch_size: int):
-        from siked_runtime.models import chat_prompt, load_tokenizer
+        from siked_runtime.models import chat_prompt, load_tokenizer, resolve_model
         from siked_runtime.samplers import make_sampler
 
         self.spec = spec
         self.tokens = 0
         self._what, self._start = "", time.perf_counter()
-        tokenizer = load_tokenizer(str(model_path))
+        path = resolve_model(str(model_path))  # a directory, or a `builtin:` name
+        tokenizer = load_tokenizer(path)
         self._format = lambda q: chat_prompt(tokenizer, build_prompt(q))
-        self.sampler = make_sampler(spec.sampling.backend, str(model_path), dtype=spec.student.dtype,
+        self.sampler = make_sampler(spec.sampling.backend, path, dtype=spec.student.dtype,
                                     batch_size=batch_size, on_batch=self._progress)
 
     def _progress(self, done: int, total: int, new_tokens: int) -> None:
