@@ -25,17 +25,29 @@ SPEC_KEY = "spec.yaml"
 
 
 def with_limit(run: DistillationRun, limit: int) -> DistillationRun:
-    """The run with every dataset capped at `limit` records (a new object)."""
-    def cap(ds):
+    """The run with every set capped at `limit` questions (a new object).
+
+    A validation split carved from train counts as a set of its own: train keeps `limit`
+    questions after giving up at most `limit` to validation.
+    """
+    d = run.spec.datasets
+    carved = d.validation_from_train
+    if d.validation is None and carved >= 1:
+        carved = min(carved, limit)
+        train_limit = limit + int(carved)
+    else:
+        train_limit = limit
+
+    def cap(ds, limit=limit):
         n = min(ds.limit or limit, limit)
         update = {"limit": n}
         if ds.source == "synthetic":
             update["synthetic"] = ds.synthetic.model_copy(update={"n": min(ds.synthetic.n, limit)})
         return ds.model_copy(update=update)
 
-    d = run.spec.datasets
     datasets = d.model_copy(update={
-        "train": cap(d.train),
+        "validation_from_train": carved,
+        "train": cap(d.train, train_limit),
         "validation": cap(d.validation) if d.validation else None,
         "eval": [cap(e) for e in d.eval],
     })

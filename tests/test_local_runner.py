@@ -92,3 +92,18 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path):
     after = {k: m["published_at"] for k, m in list_manifests(store).items()}
     assert "final" in after
     assert {k: after[k] for k in before} == before
+
+
+def test_limit_caps_every_set_including_the_carved_validation_split():
+    # gsm8k.yaml carves 200 validation questions from train; --limit 30 keeps 30 of each.
+    from siked_runtime.stages.data import VALIDATION, eval_sets, train_questions
+
+    run = with_limit(load_manifest(ROOT / "examples" / "gsm8k.yaml"), 30)
+    spec = run.spec
+    assert spec.datasets.validation_from_train == 30 and spec.datasets.train.limit == 60
+    assert [e.limit for e in spec.datasets.eval] == [30, 30]
+    if not Path(spec.datasets.train.source).exists():
+        pytest.skip("GSM8K is not beside the repository")
+    sets = eval_sets(spec)
+    assert [len(v) for v in sets.values()] == [30, 30, 30] and VALIDATION in sets
+    assert 25 <= len(train_questions(spec)) <= 30  # less any question an eval set also holds
