@@ -42,3 +42,8 @@ def fewshot_messages(strategy: str) -> list[dict]:
         messages.append({"role": "user", "content": build_prompt(ex["question"], strategy)})
         messages.append({"role": "assistant", "content": format_solution(strategy, ex[strategy], ex["answer"])})
     return messages
+
+
+def teacher_messages(question: str, strategy: str) -> list[dict]:
+    """Few-shot conversation asking for one strategy; the answer must start with its tag."""
+    return [*fewshot_messages(strategy), {"role": "user", "content": build_prompt(question, strategy)}]

@@ -20,8 +20,7 @@ from typing import Callable, Iterable
 
 import httpx
 
-from siked_runtime.strategies import build_prompt
-from siked_runtime.teachers.fewshot import fewshot_messages
+from siked_runtime.teachers.fewshot import teacher_messages
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -95,11 +94,6 @@ def _choices(response: httpx.Response) -> list[str]:
         return [c["message"]["content"] or "" for c in data["choices"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise TeacherAPIError(f"malformed chat/completions response ({exc!r}): {response.text[:200]}") from None
-
-
-def teacher_messages(question: str, strategy: str) -> list[dict]:
-    """Few-shot conversation asking for one strategy; the answer must start with its tag."""
-    return [*fewshot_messages(strategy), {"role": "user", "content": build_prompt(question, strategy)}]
 
 
 async def _solve(client: ChatClient, records: list[dict], strategies: Iterable[str], n: int,

@@ -1,0 +1,49 @@
+"""Model teachers served inside the teacher stage: `local` (the spec's sampler backend) and `vllm`.
+
+    rows = solve_local(spec.teacher, records, ("cot", "l2m", "pot"), spec.sampling)
+
+Each question is asked once per strategy as a few-shot chat (`fewshot.teacher_messages`),
+rendered with the teacher's own chat template, and `teacher.samplesPerStrategy` solutions
+are sampled per prompt. Rows are unverified, like every teacher's: the teacher stage
+verifies them and keeps at most m correct per question and strategy. A solution that
+forgot its strategy tag gets the one it was asked for, since the prompt fixed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from siked_runtime.samplers import make_sampler
+from siked_runtime.spec import SamplingSpec, TeacherSpec
+from siked_runtime.strategies import find_tag, tag
+from siked_runtime.teachers.fewshot import teacher_messages
+
+
+def render(tokenizer, question: str, strategy: str) -> str:
+    """The teacher's prompt text: its chat template over the few-shot conversation."""
+    messages = teacher_messages(question, strategy)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['content']}\n\n" for m in messages)  # a base model: the turns as plain text
+
+
+def solve_local(teacher: TeacherSpec, records: list[dict], strategies: Iterable[str], sampling: SamplingSpec,
+                seed: int = 0) -> list[dict]:
+    """Raw teacher rows `{id, answer, strategy, completion}`, `samplesPerStrategy` per question × strategy."""
+    backend = "vllm" if teacher.kind == "vllm" else sampling.backend
+    sampler = make_sampler(backend, teacher.model, batch_size=sampling.batch_size)
+    try:
+        requests = [(r, s) for r in records for s in strategies]
+        prompts = [render(sampler.tokenizer, r["question"], s) for r, s in requests]
+        completions = sampler.generate(prompts, n=teacher.samples_per_strategy, temperature=teacher.temperature,
+                                       max_new_tokens=teacher.max_tokens, top_p=sampling.top_p, seed=seed)
+    finally:
+        sampler.close()
+    rows = []
+    for (record, strategy), texts in zip(requests, completions, strict=True):
+        for text in texts:
+            text = text.strip()
+            if find_tag(text)[0] is None:
+                text = f"{tag(strategy)}\n{text}"
+            rows.append({"id": record["id"], "answer": record["answer"], "strategy": strategy, "completion": text})
+    return rows
