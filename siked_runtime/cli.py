@@ -1,6 +1,7 @@
 """The `siked` command line.
 
     siked run RUN.yaml [--dir DIR] [--limit N]   run a DistillationRun on this machine
+    siked experiment EXP.yaml [--budget B] [--dir DIR]  a grid of runs at equal compute, compared
     siked stage STAGE --run-uri URI [--iteration N]  run one stage of a stored run (a stage Job's command)
     siked report DIR                             re-render report.json/.md and plots
     siked validate RUN.yaml                      check a manifest, print the resolved spec
@@ -73,6 +74,16 @@ def cmd_run(args) -> int:
     if args.limit:
         run = with_limit(run, args.limit)
     run_local(run, args.dir)
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from siked_runtime.experiment import load_experiment, run_experiment
+
+    name, _, _ = load_experiment(args.experiment, args.budget)
+    out = Path(args.dir or Path("runs") / name)
+    run_experiment(args.experiment, out, args.budget)
+    print(f"report: {out / 'experiment.md'}", file=sys.stderr)
     return 0
 
 
@@ -164,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="artifact directory or URI (default: ./runs/<name>)")
     p.add_argument("--limit", type=int, help="cap the questions of every dataset at N")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("experiment", help="run a grid of DistillationRuns at equal compute and compare them")
+    p.add_argument("experiment", help="an Experiment manifest, e.g. examples/experiment.yaml")
+    p.add_argument("--budget", help="one of the experiment's budgets, e.g. small")
+    p.add_argument("--dir", help="output directory (default: ./runs/<name>); rerun to resume")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("stage", help="run one stage of a stored run and publish its manifest (a stage Job's command)")
     p.add_argument("stage", help="teacher, baseline, teacher-eval, sample, train, eval or export")

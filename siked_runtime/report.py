@@ -79,9 +79,12 @@ def render_markdown(name: str, report: dict) -> str:
     return "\n".join(lines)
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)  # pyplot keeps every open figure alive
     return buf.getvalue()
 
 
@@ -105,7 +108,7 @@ def plot_accuracy(report: dict) -> bytes:
            "(dashed: untrained, dotted: teacher)")
     ax.set_xticks(its)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def plot_strategies(report: dict) -> bytes:
@@ -132,7 +135,7 @@ def plot_strategies(report: dict) -> bytes:
            ylim=(0, 1.05), title="Strategy mix per iteration")
     ax.set_xticks([it["iteration"] for it in its])
     ax.legend(loc="upper right", fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def write_report(spec: DistillationSpec, store: Store, name: str) -> dict:
