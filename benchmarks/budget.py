@@ -1,0 +1,66 @@
+"""P6: tokens sampled per correct self-generated sample — adaptive budget against a fixed k.
+
+    python -m benchmarks p6 [--quick] [--student DIR]
+
+Runs the sample stage itself (`stages.sample.run_sample`) twice with the trained student
+(see `student.py`) on training questions, with the same k, m and total budget k × questions:
+
+* ours: `iterations.adaptiveBudget: true` — rounds of ⌈k/2⌉ samples; a question leaves the
+  pool once it has m correct samples and its unspent budget goes to unsolved ones;
+* baseline: `adaptiveBudget: false` — exactly k samples per question.
+
+The metric is the stage's own `tokens_per_correct`: tokens generated / correct samples kept.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from benchmarks.report import Measurement, ratio_met
+from benchmarks.student import quickstart_spec
+from siked_runtime.graph import TRAIN, StageKey
+from siked_runtime.stages.common import MODEL_DIR
+from siked_runtime.stages.sample import run_sample
+from siked_runtime.storage import LocalStore
+
+GOAL = "<=0.6"
+
+
+def sample_spec(questions: int, k: int, m: int, adaptive: bool):
+    """The quickstart's spec, sampling `questions` of its training questions k at a time."""
+    spec = quickstart_spec()
+    train = spec.datasets.train
+    datasets = spec.datasets.model_copy(update={
+        "train": train.model_copy(update={"synthetic": train.synthetic.model_copy(update={"n": questions + 2})}),
+        "validation_from_train": 2,
+        "eval": [],
+    })
+    iterations = spec.iterations.model_copy(update={
+        "samples_per_question": k, "max_correct_per_question": m, "adaptive_budget": adaptive})
+    return spec.model_copy(update={"datasets": datasets, "iterations": iterations})
+
+
+def sample_once(student: Path, spec, root: Path) -> dict:
+    store = LocalStore(root)
+    model = root / StageKey(TRAIN, 0).prefix / MODEL_DIR
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.symlink_to(student.resolve(), target_is_directory=True)
+    return run_sample(spec, store, 1)
+
+
+def run(student: Path, device: str, quick: bool) -> list[Measurement]:
+    questions, k, m = (20, 4, 1) if quick else (60, 4, 1)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="siked-bench-budget-") as scratch:
+        for name, adaptive in (("ours", True), ("baseline", False)):
+            results[name] = sample_once(student, sample_spec(questions, k, m, adaptive), Path(scratch) / name)
+    ours, base = results["ours"], results["baseline"]
+    keys = ("samples", "generated_tokens", "rows", "questions_solved", "rounds", "seconds")
+    context = {"model": "SmolLM2-135M-Instruct (fine-tuned)", "device": device, "n": ours["questions"], "k": k, "m": m,
+               "budget": k * ours["questions"], **{key: {"ours": ours[key], "baseline": base[key]} for key in keys}}
+    m_ = Measurement("P6", "tokens sampled per correct sample kept, adaptive budget vs fixed k",
+                     ours["tokens_per_correct"] or float("inf"), base["tokens_per_correct"] or float("inf"),
+                     "tokens/correct", GOAL, False, context)
+    m_.met = ratio_met(m_.ratio, GOAL)
+    return [m_]

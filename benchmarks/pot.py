@@ -1,0 +1,31 @@
+"""P3: PoT programs verified/s — the warm sandbox pool against one subprocess per program.
+
+    python -m benchmarks p3 [--quick]      (also: python benchmarks/verify_bench.py)
+
+The measurement itself lives in `verify_bench.py`; this wraps it as a `Measurement`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from benchmarks.report import Measurement
+from benchmarks.verify_bench import bench_pool, bench_subprocess, make_programs
+
+GOAL = ">=10"
+MIN_RATE = 500  # programs/s, the absolute goal next to the ratio
+
+
+def run(device: str, quick: bool, n: int | None = None, baseline_n: int | None = None) -> list[Measurement]:
+    n = n or (2000 if quick else 10000)
+    baseline_n = baseline_n or (100 if quick else 400)
+    workers = os.cpu_count() or 1
+    started = time.perf_counter()
+    ours = bench_pool(make_programs(n), workers)
+    baseline = bench_subprocess(make_programs(baseline_n, seed=1), workers)
+    m = Measurement("P3", "PoT programs verified/s, warm pool vs subprocess per program", ours, baseline,
+                    "programs/s", f"{GOAL} and ours>={MIN_RATE}", ours / baseline >= 10 and ours >= MIN_RATE,
+                    {"device": device, "n": n, "baseline_n": baseline_n, "workers": workers,
+                     "seconds": round(time.perf_counter() - started, 2)})
+    return [m]
