@@ -8,7 +8,7 @@ then a table of all of them. `--quick` sizes everything so that `all` fits in 15
 2 CPU cores, P5 (the quickstart, about 6.5 minutes) included.
 
 P1 and P6 sample from a fine-tuned student: `--student DIR`, else the quickstart's
-iteration-0 model when P5 ran first in the same call (as in `all`), else one trained once
+iteration-1 model when P5 ran first in the same call (as in `all`), else one trained once
 with the quickstart's recipe and kept under `--work`.
 
     p1  sampling tokens/s: TransformersSampler vs generate() one prompt at a time   goal >= 3x
@@ -75,7 +75,7 @@ def run_one(name: str, args: argparse.Namespace, device: str, student) -> list[M
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = NAMES if args.name == "all" else [args.name]
-    # P5 first: its iteration-0 model is the student P1 and P6 sample from.
+    # P5 first: its iteration-1 model is the student P1 and P6 sample from.
     names = sorted(names, key=["p5", "p3", "p1", "p2", "p6"].index)
     device = machine()
     trained: list[Path] = []
