@@ -123,7 +123,7 @@ def run(device: str, quick: bool) -> list[Measurement]:
         base = run_baseline(rows, spec, steps, scratch)
     context = {"model": "SmolLM2-135M-Instruct LoRA", "device": device, "n": steps,
                "batch_size": spec.training.batch_size, "max_seq_length": spec.student.max_seq_length,
-               "autocast": str(compute_dtype(spec.student, device)),
+               "autocast": str(compute_dtype(spec.student, default_device())),
                "seconds": {"ours": round(ours["seconds"], 2), "baseline": round(base["seconds"], 2)},
                "tokens": {"ours": ours["tokens"], "baseline": base["tokens"]}}
     if device.startswith("cuda"):
