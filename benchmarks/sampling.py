@@ -39,6 +39,11 @@ def prompts_for(tokenizer, n: int) -> list[str]:
     return [chat_prompt(tokenizer, build_prompt(r["question"])) for r in generate(n, seed=7, families=families)]
 
 
+def finished_share(texts: list[str]) -> float:
+    """Share of solutions with a complete `Answer:` line; `cut_finished` drops the line's closing newline."""
+    return sum(is_finished(t + "\n") for t in texts) / len(texts)
+
+
 def useful_tokens(tokenizer, texts: list[str]) -> int:
     return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
 
@@ -52,7 +57,7 @@ def run_ours(path: Path, prompts: list[str], k: int, max_new_tokens: int, batch_
     seconds = time.perf_counter() - started
     texts = [t for cs in completions for t in cs]
     result = {"seconds": seconds, "raw": sampler.stats["new_tokens"], "useful": useful_tokens(sampler.tokenizer, texts),
-              "finished": sum(map(is_finished, texts)) / len(texts), "dtype": str(sampler.model.dtype)}
+              "finished": finished_share(texts), "dtype": str(sampler.model.dtype)}
     sampler.close()
     return result
 
@@ -77,7 +82,7 @@ def run_baseline(path: Path, prompts: list[str], k: int, max_new_tokens: int) ->
     seconds = time.perf_counter() - started
     cut = [cut_finished(t) for t in texts]
     return {"seconds": seconds, "raw": raw, "useful": useful_tokens(tokenizer, cut),
-            "finished": sum(map(is_finished, cut)) / len(cut), "dtype": str(model.dtype)}
+            "finished": finished_share(cut), "dtype": str(model.dtype)}
 
 
 def profile_ours(path: Path, prompts: list[str], k: int, max_new_tokens: int, batch_size: int, top: int = 8) -> list[dict]:

@@ -64,3 +64,11 @@ def test_the_scripts_still_run():
                               check=False)
         assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["id"] == "P3"
+
+
+def test_finished_share_counts_solutions_cut_at_their_answer_line() -> None:
+    from benchmarks.sampling import finished_share
+    from siked_runtime.samplers import cut_finished
+
+    texts = [cut_finished("[cot]\n2 + 3 = 5\nAnswer: 5\nQuestion: next"), "[cot]\n2 + 3 =", "[pot]\nanswer = 5"]
+    assert finished_share(texts) == 1 / 3
