@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
-
-from siked_runtime.spec import DistillationSpec, parse_manifest
+from siked_runtime.spec import DistillationSpec, load_manifest
 from siked_runtime.stages.data import train_questions
 from siked_runtime.strategies import build_prompt
 
@@ -21,7 +19,7 @@ QUICKSTART = REPO / "examples" / "quickstart.yaml"
 
 
 def quickstart_spec() -> DistillationSpec:
-    return parse_manifest(yaml.safe_load(QUICKSTART.read_text()), str(QUICKSTART)).spec
+    return load_manifest(QUICKSTART).spec
 
 
 def teacher_rows(spec: DistillationSpec) -> list[dict]:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from siked_runtime.graph import VALIDATION
-from siked_runtime.report import png
+from siked_runtime.report import draw_strategy_mix, png, pyplot
 from siked_runtime.strategies import STRATEGIES
 
 
@@ -66,17 +66,8 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_final(summary: dict) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     sets, arms = _sets(summary), list(summary["arms"])
     fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(arms)), 4))
     width = 0.8 / max(len(sets), 1)
@@ -94,7 +85,7 @@ def plot_final(summary: dict) -> bytes:
 
 
 def plot_iterations(summary: dict) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     sets = [s for s in _sets(summary) if s != VALIDATION] or _sets(summary)
     styles = ["-", "--", ":", "-."]
@@ -111,25 +102,12 @@ def plot_iterations(summary: dict) -> bytes:
 
 
 def plot_strategies(summary: dict) -> bytes:
-    plt = _pyplot()
     iterating = {n: a for n, a in summary["arms"].items() if len(a["iterations"]) > 1}
-    fig, axes = plt.subplots(1, max(len(iterating), 1), figsize=(4.2 * max(len(iterating), 1), 3.8), squeeze=False)
-    width = 0.38
+    fig, axes = pyplot().subplots(1, max(len(iterating), 1), figsize=(4.2 * max(len(iterating), 1), 3.8),
+                                  squeeze=False)
     for ax, (name, arm) in zip(axes[0], iterating.items()):
-        its = arm["iterations"]
-        for offset, field in ((-width / 2, "train_strategy_shares"), (width / 2, "strategy_shares")):
-            bottom = [0.0] * len(its)
-            for i, s in enumerate(STRATEGIES):
-                vals = [it[field].get(s, 0.0) for it in its]
-                ax.bar([it["iteration"] + offset for it in its], vals, width, bottom=bottom, color=f"C{i}",
-                       alpha=1.0 if offset < 0 else 0.6, label=s if offset < 0 else None,
-                       edgecolor="black" if offset > 0 else None)
-                bottom = [b + v for b, v in zip(bottom, vals)]
-        alphas = [(it["iteration"], it["alpha"]) for it in its if it["alpha"] is not None]
-        if alphas:
-            ax.plot([a for a, _ in alphas], [b for _, b in alphas], "k^--", label="α")
-        ax.set(title=name, xlabel="iteration (left: train data, right: student)", ylim=(0, 1.05))
-        ax.set_xticks([it["iteration"] for it in its])
+        draw_strategy_mix(ax, arm["iterations"], alpha_label="α")
+        ax.set(title=name, xlabel="iteration (left: train data, right: student)")
     axes[0][0].set_ylabel("share")
     if iterating:
         axes[0][0].legend(fontsize=7)

@@ -80,21 +80,14 @@ def render_markdown(name: str, report: dict) -> str:
 
 
 def png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)  # pyplot keeps every open figure alive
+    pyplot().close(fig)  # pyplot keeps every open figure alive
     return buf.getvalue()
 
 
 def plot_accuracy(report: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4))
     its = [it["iteration"] for it in report["iterations"]]
     sets = sorted({s for it in report["iterations"] for s in it["eval"]}, key=lambda s: (s != VALIDATION, s))
     for i, name in enumerate(sets):
@@ -111,29 +104,40 @@ def plot_accuracy(report: dict) -> bytes:
     return png(fig)
 
 
-def plot_strategies(report: dict) -> bytes:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    its = report["iterations"]
+    return plt
+
+
+def draw_strategy_mix(ax, iterations: list[dict], alpha_label: str = "α (teacher share)") -> None:
+    """Per iteration, stacked strategy shares of the training data (left bar) and of the student
+    (right bar, outlined), with the realised α as a line."""
     width = 0.38
-    for offset, field, label in ((-width / 2, "train_strategy_shares", "train data"), (width / 2, "strategy_shares", "student")):
-        bottom = [0.0] * len(its)
+    for offset, field in ((-width / 2, "train_strategy_shares"), (width / 2, "strategy_shares")):
+        bottom = [0.0] * len(iterations)
         for i, s in enumerate(STRATEGIES):
-            vals = [(it.get(field) or {}).get(s, 0.0) for it in its]
-            ax.bar([it["iteration"] + offset for it in its], vals, width, bottom=bottom, color=f"C{i}",
+            vals = [(it.get(field) or {}).get(s, 0.0) for it in iterations]
+            ax.bar([it["iteration"] + offset for it in iterations], vals, width, bottom=bottom, color=f"C{i}",
                    label=s if offset < 0 else None, alpha=1.0 if offset < 0 else 0.6,
                    edgecolor="black" if offset > 0 else None)
             bottom = [b + v for b, v in zip(bottom, vals)]
-    alphas = [(it["iteration"], it["alpha"]) for it in its if it["alpha"] is not None]
+    alphas = [(it["iteration"], it["alpha"]) for it in iterations if it["alpha"] is not None]
     if alphas:
-        ax.plot([a[0] for a in alphas], [a[1] for a in alphas], "k^--", label="α (teacher share)")
+        ax.plot([a[0] for a in alphas], [a[1] for a in alphas], "k^--", label=alpha_label)
+    ax.set(ylim=(0, 1.05))
+    ax.set_xticks([it["iteration"] for it in iterations])
+
+
+def plot_strategies(report: dict) -> bytes:
+    fig, ax = pyplot().subplots(figsize=(6.4, 4))
+    draw_strategy_mix(ax, report["iterations"])
     ax.set(xlabel="iteration (left bar: training data, right bar: student on validation)", ylabel="share",
-           ylim=(0, 1.05), title="Strategy mix per iteration")
-    ax.set_xticks([it["iteration"] for it in its])
+           title="Strategy mix per iteration")
     ax.legend(loc="upper right", fontsize=8)
     return png(fig)
 
