@@ -14,13 +14,27 @@ so what a sampler returns looks like the solutions the student was trained on.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
-from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    AttentionInterface,
+    AttentionMaskInterface,
+    DynamicCache,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
 
 from siked_runtime.models import default_device, load_student, resolve_model
 from siked_runtime.strategies import is_finished
@@ -80,25 +94,75 @@ class AnswerLineStop(StoppingCriteria):
             self._newline_tokens[token_id] = "\n" in self.tokenizer.decode([token_id])
         return self._newline_tokens[token_id]
 
+    def completes_answer(self, new_tokens: Sequence[int] | torch.Tensor) -> bool:
+        """True if the last of a completion's `new_tokens` completed its answer line."""
+        return self._has_newline(int(new_tokens[-1])) and is_finished(
+            self.tokenizer.decode(new_tokens, skip_special_tokens=True))
+
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.finished is None or self.finished.shape[0] != input_ids.shape[0]:
             self.finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         if input_ids.shape[1] > self.prompt_length:
-            last = input_ids[:, -1].tolist()
-            for row, token_id in enumerate(last):
-                if self.finished[row] or not self._has_newline(token_id):
-                    continue
-                new = input_ids[row, self.prompt_length :]
-                if is_finished(self.tokenizer.decode(new, skip_special_tokens=True)):
+            for row in range(input_ids.shape[0]):
+                if not self.finished[row] and self.completes_answer(input_ids[row, self.prompt_length :]):
                     self.finished[row] = True
         return self.finished.to(input_ids.device)
 
 
-class TransformersSampler:
-    """Batched `model.generate` with left padding and the KV cache.
+def _splittable(cache: object) -> bool:
+    """True for a cache whose rows can be copied and dropped (`DynamicCache` of plain layers)."""
+    return isinstance(cache, DynamicCache) and all(isinstance(layer, DynamicLayer) for layer in cache.layers)
 
-    Requests (prompt × n) are sorted by prompt length so a batch pads little, and a batch
-    ends as soon as every sequence in it has hit EOS or finished its answer line.
+
+def _grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except that torch shares each KV head among its query heads
+    under a padding mask too.
+
+    Under a mask transformers copies every KV head for each of its query heads, as CUDA's fast
+    kernels take no mask with grouped heads; on a CPU torch's own grouping gives the same
+    results and saves the copies, which take most of a decode step's attention time.
+    """
+    if attention_mask is None or kwargs.get("position_bias") is not None or query.device.type != "cpu":
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=kwargs.get("dropout", 0.0),
+        scale=kwargs.get("scaling"), enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+GROUPED_SDPA = "siked_grouped_sdpa"
+AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa)
+AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+
+
+def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    # Without padding, attention needs no mask, and SDPA takes its faster causal or unmasked kernels.
+    return None if bool(mask.all()) else mask
+
+
+def _draw(scores: torch.Tensor) -> torch.Tensor:
+    """One token per row of `scores` (logits), drawn from their softmax.
+
+    `torch.multinomial` draws an exponential variate for every vocabulary entry (a tenth of
+    a decode step on a CPU); inverting the cumulative distribution needs one uniform per row.
+    """
+    cdf = scores.softmax(-1).double().cumsum_(-1)
+    total = cdf[:, -1:].contiguous()
+    # `last` is the last token with any probability: rounding must not land past it.
+    last = torch.searchsorted(cdf, total)
+    picked = torch.searchsorted(cdf, torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device) * total, right=True)
+    return torch.minimum(picked, last).squeeze(1)
+
+
+class TransformersSampler:
+    """Batched decoding with transformers, left padding and the KV cache.
+
+    Prompts are sorted by length so a batch pads little. Each prompt is prefilled once and its
+    KV cache copied to its n samples; a sequence leaves the batch as soon as it hits EOS or
+    finishes its answer line, so later steps compute only the sequences still writing.
+    Models whose cache cannot drop rows fall back to `model.generate`, which keeps decoding
+    a batch until every sequence in it is done. On a CPU, attention runs as `_grouped_sdpa`.
     `stats` accumulates sequences, new tokens and seconds for throughput reports.
     """
 
@@ -112,9 +176,15 @@ class TransformersSampler:
     ):
         self.device = device or default_device()
         self.model, self.tokenizer = load_student(model_path, dtype=dtype, device=self.device)
+        if self.model.config._attn_implementation == "sdpa" and self.model.device.type == "cpu":
+            self.model.set_attn_implementation(GROUPED_SDPA)
         self.batch_size = batch_size
         self.on_batch = on_batch
         self.stats = {"sequences": 0, "new_tokens": 0, "seconds": 0.0}
+        self._answer_stop = AnswerLineStop(self.tokenizer, prompt_length=0)  # caches which tokens hold newlines
+        eos = self.model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     def generate(
         self,
@@ -128,36 +198,107 @@ class TransformersSampler:
         if not prompts:
             return []
         if seed is not None:
-            torch.manual_seed(seed)  # generate() draws from torch's global generator
+            torch.manual_seed(seed)  # sampling draws from torch's global generator
         sample = temperature > 0
         # Greedy decoding gives n identical completions: decode once, copy.
         copies = n if sample else 1
-        requests = [(i, prompt) for i, prompt in enumerate(prompts) for _ in range(copies)]
         lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
         # Longest first: a batch that does not fit in memory fails at once, not at the end.
-        # The sort is stable, so the n copies of a prompt share a batch and need no padding.
-        order = sorted(range(len(requests)), key=lambda k: -lengths[requests[k][0]])
+        order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+        # A batch holds `batch_size` sequences: the copies of `batch_size // copies` prompts (at least one).
+        per_batch = max(1, self.batch_size // copies)
 
         out: list[list[str]] = [[] for _ in prompts]
         done = 0
-        for start in range(0, len(order), self.batch_size):
-            batch = [requests[k] for k in order[start : start + self.batch_size]]
-            texts, new_tokens = self._generate_batch([p for _, p in batch], sample, temperature, top_p, max_new_tokens)
-            for (i, _), text in zip(batch, texts, strict=True):
-                out[i].append(text)
-            done += len(batch)
+        for start in range(0, len(order), per_batch):
+            batch = order[start : start + per_batch]
+            texts, new_tokens = self._generate_batch(
+                [prompts[i] for i in batch], copies, sample, temperature, top_p, max_new_tokens)
+            for j, i in enumerate(batch):
+                out[i] = texts[j * copies : (j + 1) * copies]
+            done += len(batch) * copies
             if self.on_batch:
-                self.on_batch(done, len(requests), new_tokens)
+                self.on_batch(done, len(prompts) * copies, new_tokens)
         if not sample:
             out = [completions * n for completions in out]
         return out
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[str], sample: bool, temperature: float, top_p: float, max_new_tokens: int
+        self, prompts: list[str], copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int
     ) -> tuple[list[str], int]:
+        """The `copies` completions of each prompt, prompt by prompt, and the new tokens they took."""
         started = time.perf_counter()
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        new = self._decode(inputs, copies, sample, temperature, top_p, max_new_tokens)
+        if new is None:
+            new = self._generate_hf(inputs, copies, sample, temperature, top_p, max_new_tokens)
+        texts = [cut_finished(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        pad = self.tokenizer.pad_token_id
+        new_tokens = sum(token != pad for tokens in new for token in tokens)
+        self.stats["sequences"] += len(new)
+        self.stats["new_tokens"] += new_tokens
+        self.stats["seconds"] += time.perf_counter() - started
+        return texts, new_tokens
+
+    def _decode(
+        self, inputs: dict, copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int
+    ) -> list[list[int]] | None:
+        """New tokens of each prompt's `copies` sequences, or None if the model's cache cannot drop rows.
+
+        The prompts are prefilled once and their cache repeated for the copies. Position ids
+        count real tokens only, as `generate` counts them for left-padded rows.
+        """
+        # As `generate(do_sample=True, top_k=0)`: vLLM has no top-k.
+        warpers = LogitsProcessorList()
+        if sample and temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if sample and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+        mask = inputs["attention_mask"]
+        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        out = self.model(
+            input_ids=inputs["input_ids"], attention_mask=_padding_mask(mask),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **extra)
+        cache = out.past_key_values
+        if not _splittable(cache):
+            return None
+        logits = out.logits[:, -1].float()
+        if copies > 1:
+            cache.batch_repeat_interleave(copies)
+            mask = mask.repeat_interleave(copies, dim=0)
+            logits = logits.repeat_interleave(copies, dim=0)
+        position = mask.sum(-1, keepdim=True)
+        new: list[list[int]] = [[] for _ in range(len(mask))]
+        live = list(range(len(mask)))  # the sequence each batch row writes
+        for step in range(max_new_tokens):
+            next_ids = _draw(warpers(None, logits)) if sample else logits.argmax(-1)
+            keep = []
+            for row, (seq, token) in enumerate(zip(live, next_ids.tolist(), strict=True)):
+                new[seq].append(token)
+                if token not in self._eos and not self._answer_stop.completes_answer(new[seq]):
+                    keep.append(row)
+            if not keep or step + 1 == max_new_tokens:
+                break
+            if len(keep) < len(live):
+                rows = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(rows)
+                mask, position, next_ids = mask[rows], position[rows], next_ids[rows]
+                live = [live[row] for row in keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+            out = self.model(
+                input_ids=next_ids[:, None], attention_mask=_padding_mask(mask), position_ids=position,
+                past_key_values=cache, use_cache=True)
+            position = position + 1
+            logits = out.logits[:, -1].float()
+        return new
+
+    def _generate_hf(
+        self, inputs: dict, copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int
+    ) -> list[list[int]]:
+        """`_decode` through `model.generate`: each copy prefills its prompt, and the batch runs
+        until its last sequence is done (finished ones get pad tokens)."""
+        inputs = {name: value.repeat_interleave(copies, dim=0) for name, value in inputs.items()}
         prompt_length = inputs["input_ids"].shape[1]
         # top_k=0 turns off transformers' default top-k of 50, as vLLM has none.
         sampling = dict(do_sample=False)
@@ -170,13 +311,7 @@ class TransformersSampler:
             pad_token_id=self.tokenizer.pad_token_id,
             **sampling,
         )
-        new = output[:, prompt_length:]  # (batch, new tokens); finished rows are filled with pad
-        texts = [cut_finished(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        new_tokens = int((new != self.tokenizer.pad_token_id).sum())
-        self.stats["sequences"] += len(prompts)
-        self.stats["new_tokens"] += new_tokens
-        self.stats["seconds"] += time.perf_counter() - started
-        return texts, new_tokens
+        return output[:, prompt_length:].tolist()
 
     def close(self) -> None:
         del self.model

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,19 +61,119 @@ def test_sampling_follows_the_seed(tiny_sampler: TransformersSampler) -> None:
     assert len(set(first[0])) > 1  # a random model at temperature 1 does not repeat itself
 
 
-def test_batches_are_left_padded(tiny_sampler: TransformersSampler, monkeypatch) -> None:
-    seen: list[torch.Tensor] = []
-    generate = tiny_sampler.model.generate
+@contextmanager
+def _forward_calls(model: torch.nn.Module) -> Iterator[list[dict]]:
+    """Records the inputs of each forward pass of `model`."""
+    calls: list[dict] = []
+    handle = model.register_forward_pre_hook(lambda _, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
-    def spy(**kwargs):
-        seen.append(kwargs["attention_mask"])
-        return generate(**kwargs)
 
-    monkeypatch.setattr(tiny_sampler.model, "generate", spy)
-    tiny_sampler.generate(_prompts(tiny_sampler, QUESTIONS[:2]), max_new_tokens=2)
-    (mask,) = seen
+def _finish_rows_at_different_steps(monkeypatch) -> None:
+    # The random model repeats a prompt's last token; make a sequence finish once its text is
+    # over 25 characters, so rows repeating longer tokens finish first.
+    monkeypatch.setattr(AnswerLineStop, "_has_newline", lambda self, token_id: True)
+    monkeypatch.setattr(samplers, "is_finished", lambda text: len(text) > 25)
+    monkeypatch.setattr(samplers, "cut_finished", lambda text: text)
+
+
+# Raw text, not chat prompts: the random model continues each with a different token.
+RAW_PROMPTS = ["Question: 2 + 3?", "He has 12 cows and buys 7 more. How many", "Sam reads 5 pages a day. Let us think"]
+
+
+def test_batches_are_left_padded(tiny_sampler: TransformersSampler) -> None:
+    with _forward_calls(tiny_sampler.model) as calls:
+        tiny_sampler.generate(_prompts(tiny_sampler, QUESTIONS[:2]), max_new_tokens=2)
+    mask = calls[0]["attention_mask"]
     short = mask[1]  # sorted longest first, so the short question is the second row
     assert short[0] == 0 and short[-1] == 1 and mask[0].all()
+
+
+@torch.inference_mode()
+def test_greedy_matches_model_generate(tiny_sampler: TransformersSampler) -> None:
+    tokenizer, model = tiny_sampler.tokenizer, tiny_sampler.model
+    prompts = _prompts(tiny_sampler, QUESTIONS)  # of different lengths: left padding matters
+    prompts.sort(key=lambda p: -len(tokenizer(p)["input_ids"]))  # the sampler's batch order
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    copied = {name: value.repeat_interleave(2, dim=0) for name, value in inputs.items()}
+    assert model.config._attn_implementation == samplers.GROUPED_SDPA
+    model.set_attn_implementation("sdpa")  # `generate` as it comes
+    try:
+        output = model.generate(**inputs, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
+        reference = model.generate(**copied, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id,
+                                   return_dict_in_generate=True, output_logits=True)
+    finally:
+        model.set_attn_implementation(samplers.GROUPED_SDPA)
+    expected = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert tiny_sampler.generate(prompts, n=2, max_new_tokens=12) == [[cut_finished(t)] * 2 for t in expected]
+
+    # The random model's greedy text barely depends on the prompt, so compare the logits too,
+    # with each prompt prefilled once for two copies against `generate` on the copies.
+    logits: list[torch.Tensor] = []
+    handle = model.register_forward_hook(lambda module, args, out: logits.append(out.logits[:, -1]))
+    try:
+        new = tiny_sampler._decode(inputs, 2, False, 0.0, 1.0, 12)
+    finally:
+        handle.remove()
+    assert new == reference.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+    assert len(logits) == len(reference.logits) == 12
+    logits[0] = logits[0].repeat_interleave(2, dim=0)
+    for ours, theirs in zip(logits, reference.logits, strict=True):
+        torch.testing.assert_close(ours, theirs.to(ours.dtype))  # `generate` keeps fp32 copies of them
+
+
+def test_finished_rows_leave_the_batch(tiny_sampler: TransformersSampler, monkeypatch) -> None:
+    _finish_rows_at_different_steps(monkeypatch)
+    stats = tiny_sampler.stats
+    before = stats["new_tokens"]
+    with _forward_calls(tiny_sampler.model) as calls:
+        fast = tiny_sampler.generate(RAW_PROMPTS, max_new_tokens=40)
+    new_tokens = stats["new_tokens"] - before
+    sizes = [len(call["input_ids"]) for call in calls]
+    assert sizes[0] == 3 and sizes == sorted(sizes, reverse=True) and sizes[-1] == 1
+    assert len(sizes) < 40  # the last row finished early too
+    assert new_tokens == sum(sizes)  # each forward pass wrote one token per row
+
+    # The same completions and token counts as `generate`, whose finished rows stay in the batch.
+    monkeypatch.setattr(samplers, "_splittable", lambda cache: False)
+    before = stats["new_tokens"]
+    assert tiny_sampler.generate(RAW_PROMPTS, max_new_tokens=40) == fast
+    assert stats["new_tokens"] - before == new_tokens
+
+
+def test_copies_share_one_prefill(tiny_sampler: TransformersSampler) -> None:
+    prompts = _prompts(tiny_sampler, QUESTIONS[:2])
+    with _forward_calls(tiny_sampler.model) as calls:
+        tiny_sampler.generate(prompts, n=2, temperature=1.0, max_new_tokens=5, seed=0)
+    shapes = [tuple(call["input_ids"].shape) for call in calls]
+    assert shapes[0][0] == 2 and shapes[0][1] > 1  # the two prompts, once each
+    assert shapes[1:] == [(4, 1)] * 4  # then one token for each of the 2 x 2 sequences
+
+
+def test_falls_back_to_model_generate(tiny_sampler: TransformersSampler, monkeypatch) -> None:
+    prompts = _prompts(tiny_sampler, QUESTIONS)
+    fast = tiny_sampler.generate(prompts, max_new_tokens=8)
+    monkeypatch.setattr(samplers, "_splittable", lambda cache: False)
+    calls = []
+    generate = tiny_sampler.model.generate
+    monkeypatch.setattr(tiny_sampler.model, "generate", lambda **kwargs: calls.append(kwargs) or generate(**kwargs))
+    assert tiny_sampler.generate(prompts, max_new_tokens=8) == fast
+    sampled = tiny_sampler.generate(prompts, n=2, temperature=0.7, top_p=0.9, max_new_tokens=4, seed=0)
+    assert [len(c) for c in sampled] == [2, 2, 2]
+    assert [len(call["input_ids"]) for call in calls] == [3, 4, 2]  # batches of up to 4 sequences
+    assert all(call["temperature"] == 0.7 and call["top_p"] == 0.9 and call["top_k"] == 0 for call in calls[1:])
+
+
+def test_draw_follows_the_distribution() -> None:
+    torch.manual_seed(0)
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    drawn = samplers._draw(probs.log().expand(20000, -1))
+    counts = torch.bincount(drawn, minlength=5) / len(drawn)
+    assert counts[1] == 0 and counts[4] == 0  # tokens without probability, the last one included
+    assert torch.allclose(counts, probs, atol=0.015)
 
 
 def test_progress_callback_counts_sequences(tmp_path_factory: pytest.TempPathFactory) -> None:
