@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("stage", help="run one stage of a stored run and publish its manifest (a stage Job's command)")
-    p.add_argument("stage", help="teacher, baseline, teacher-eval, sample, train, eval or export")
+    p.add_argument("stage", help="teacher, baseline, teacher-eval, reference, sample, train, eval or export")
     p.add_argument("--run-uri", required=True, help="the run's prefix: s3://bucket/prefix or file:///path")
     p.add_argument("--iteration", type=int, help="iteration of sample, train and eval")
     p.set_defaults(func=cmd_stage)

@@ -5,7 +5,8 @@ operator) call `plan(spec, done)` with the manifests they found in storage and
 do what it says; neither keeps its own notion of progress.
 
     teacher ─► train[0] ─► eval[0] ─► sample[1] ─► train[1] ─► eval[1] ─► … ─► export
-    baseline, teacher-eval (optional) run beside them and need nothing.
+    baseline, teacher-eval (optional) run beside them and need nothing;
+    reference (method skintern) needs the teacher and runs beside the chain.
 
 `done` maps a stage's storage prefix (`teacher`, `iter-001/sample`, …) to its
 manifest. Eval manifests carry `{"accuracy": {"validation": p, "<set>": p, …}}`;
@@ -17,7 +18,9 @@ Methods:
   distill   iteration 0 only (teacher data, one pass)
   skintern  internalization.stages training stages chained on the same weights, no
             sampling; the schedule always runs to its end (knowledge is only fully
-            removed at the last stage)
+            removed at the last stage), and the last stage is the run's model.
+            `reference` trains standard distillation for as many epochs, for the
+            report's comparison.
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from siked_runtime.spec import DistillationSpec, Method
 
 VALIDATION = "validation"
 # Stage names; the order is the order stages of one iteration run in.
-TEACHER, BASELINE, TEACHER_EVAL, SAMPLE, TRAIN, EVAL, EXPORT = (
-    "teacher", "baseline", "teacher-eval", "sample", "train", "eval", "export",
+TEACHER, BASELINE, TEACHER_EVAL, REFERENCE, SAMPLE, TRAIN, EVAL, EXPORT = (
+    "teacher", "baseline", "teacher-eval", "reference", "sample", "train", "eval", "export",
 )
-STAGES = (TEACHER, BASELINE, TEACHER_EVAL, SAMPLE, TRAIN, EVAL, EXPORT)
+STAGES = (TEACHER, BASELINE, TEACHER_EVAL, REFERENCE, SAMPLE, TRAIN, EVAL, EXPORT)
 ITERATION_STAGES = (SAMPLE, TRAIN, EVAL)
 
 
@@ -163,6 +166,8 @@ def plan(spec: DistillationSpec, done: Mapping[str, Mapping]) -> Plan:
     results = score_iterations(spec, _evaluated(done))
     reason = stop_reason(spec, results)
     best = best_iteration(results)
+    if spec.method == Method.skintern and reason is not None:
+        best = results[-1].iteration  # the schedule's product is its last, question-only stage
     last = results[-1].iteration if reason is not None else None
 
     wanted: list[StageKey] = [StageKey(TEACHER)]
@@ -171,6 +176,10 @@ def plan(spec: DistillationSpec, done: Mapping[str, Mapping]) -> Plan:
     if spec.evaluation.teacher:
         wanted.append(StageKey(TEACHER_EVAL))
     runnable = [k for k in wanted if not is_done(k)]
+    if spec.method == Method.skintern and spec.skintern.reference:
+        wanted.append(StageKey(REFERENCE))
+        if is_done(StageKey(TEACHER)) and not is_done(StageKey(REFERENCE)):
+            runnable.append(StageKey(REFERENCE))
 
     # The iteration chain: the first iteration whose stages are not all done.
     t = len(results)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 from typing import Mapping
 
-from siked_runtime.graph import BASELINE, EVAL, SAMPLE, TEACHER_EVAL, TRAIN, VALIDATION, StageKey, plan
-from siked_runtime.spec import DistillationSpec
+from siked_runtime.graph import BASELINE, EVAL, REFERENCE, SAMPLE, TEACHER_EVAL, TRAIN, VALIDATION, StageKey, plan
+from siked_runtime.spec import DistillationSpec, Method
 from siked_runtime.storage import Store, list_manifests
 from siked_runtime.strategies import STRATEGIES
 
@@ -39,11 +39,21 @@ def build_report(spec: DistillationSpec, done: Mapping[str, Mapping]) -> dict:
             "kl_train_to_student": ev.get("kl_train_to_student"),
             "regressed": flags[t].regressed,
             "train_loss": tr.get("training", {}).get("train_loss"),
+            "internalization": tr.get("internalization"),
         })
     report = {"baseline": baseline, "iterations": iterations, "best_iteration": p.best_iteration,
               "stop_reason": p.stop_reason, "finished": p.finished}
     if teacher is not None:
         report["teacher"] = teacher
+    if spec.method == Method.skintern:
+        reference = done.get(StageKey(REFERENCE).prefix)
+        report["skintern"] = {
+            "epochs_per_stage": spec.skintern.epochs_per_stage,
+            "reference": None if reference is None else {
+                "accuracy": reference["accuracy"], "epochs": reference["epochs"],
+                "train_loss": reference.get("training", {}).get("train_loss")},
+            "inference_prompt_tokens": None if reference is None else reference["inference_prompt_tokens"],
+        }
     return report
 
 
@@ -75,8 +85,45 @@ def render_markdown(name: str, report: dict) -> str:
         lines.append(f"| {it['iteration']} | {it['teacher_rows']} | {it['self_rows']} | {_fmt(it['alpha'])} | "
                      f"{_fmt(it['sample_accuracy'])} | {shares} | {_fmt(it['kl_train_to_student'])} | "
                      f"{_fmt(it['train_loss'])} |")
+    if "skintern" in report:
+        lines += render_skintern(report, sets)
     lines += ["", "![accuracy](accuracy.png)", "", "![strategies](strategies.png)", ""]
     return "\n".join(lines)
+
+
+def render_skintern(report: dict, sets: list[str]) -> list[str]:
+    """The SKIntern sections: the schedule per stage, the final comparison, the inference cost."""
+    sk = report["skintern"]
+    lines = ["", "## SKIntern schedule", "",
+             f"Each stage trains {sk['epochs_per_stage']:g} epochs from the previous stage's weights; accuracy is "
+             "question-only (no knowledge, no examples), as at inference.", "",
+             "| stage | S_t | knowledge tokens kept | examples | prompt tokens / example | loss | "
+             + " | ".join(sets) + " |", "|---|---|---|---|---|---|" + "---|" * len(sets)]
+    for it in report["iterations"]:
+        for phase in it.get("internalization") or []:
+            lines.append(f"| {it['iteration']} | {phase['share']:.2f} | {_fmt(phase['knowledge_kept'])} | "
+                         f"{phase['examples']} | {phase['prompt_tokens_per_example']} | {_fmt(phase['train_loss'])} | "
+                         + " | ".join(_fmt(it["eval"].get(s)) for s in sets) + " |")
+    ref = sk["reference"]
+    final = report["iterations"][-1] if report["finished"] and report["iterations"] else None
+    lines += ["", "## Question-only accuracy after training", "", "| | " + " | ".join(sets) + " |",
+              "|---|" + "---|" * len(sets)]
+    if report["baseline"]:
+        lines.append("| untrained student | " + " | ".join(_fmt(report["baseline"].get(s)) for s in sets) + " |")
+    if ref:
+        lines.append(f"| standard CoT distillation ({ref['epochs']:g} epochs) | "
+                     + " | ".join(_fmt(ref["accuracy"].get(s)) for s in sets) + " |")
+    if final:
+        epochs = sk["epochs_per_stage"] * len(report["iterations"])
+        lines.append(f"| SKIntern, final stage ({epochs:g} epochs) | "
+                     + " | ".join(_fmt(final["eval"].get(s)) for s in sets) + " |")
+    tokens = sk["inference_prompt_tokens"]
+    if tokens:
+        lines += ["", f"Inference prompt tokens per question ({tokens['questions']} eval questions, the student's "
+                  f"tokenizer and chat template): **{tokens['question_only']}** for SKIntern (question only) vs "
+                  f"**{tokens['knowledge_augmented']}** for a knowledge-augmented student that keeps the teacher's "
+                  f"knowledge and the examples in its prompt, **{tokens['ratio']}×** as many."]
+    return lines
 
 
 def png(fig) -> bytes:
@@ -97,8 +144,13 @@ def plot_accuracy(report: dict) -> bytes:
             ax.axhline(report["baseline"][name], color=color, ls="--", lw=0.8)
         if name in report.get("teacher", {}):
             ax.axhline(report["teacher"][name], color=color, ls=":", lw=0.8)
-    ax.set(xlabel="iteration", ylabel="accuracy", ylim=(0, 1), title="Accuracy per iteration "
-           "(dashed: untrained, dotted: teacher)")
+        reference = (report.get("skintern") or {}).get("reference")
+        if reference and name in reference["accuracy"]:
+            ax.axhline(reference["accuracy"][name], color=color, ls="-.", lw=0.8)
+    title = "Accuracy per iteration (dashed: untrained, dotted: teacher)"
+    if "skintern" in report:
+        title = "Question-only accuracy per SKIntern stage\n(dashed: untrained, dash-dot: standard distillation)"
+    ax.set(xlabel="stage" if "skintern" in report else "iteration", ylabel="accuracy", ylim=(0, 1), title=title)
     ax.set_xticks(its)
     ax.legend()
     return png(fig)

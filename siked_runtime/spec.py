@@ -307,8 +307,28 @@ class InternalizationSpec(Spec):
     )
     examples: int = Field(2, ge=0, le=32, description="Similar examples K in the prompt at S_t = 1.")
     epochs_per_stage: float = Field(3.0, gt=0, le=1000, description="Epochs per stage.")
-    compressor: str = Field("self-information", description="`self-information` or `llmlingua`.")
-    retriever: str = Field("tfidf", description="`tfidf`, `bm25` or `embedding` for example retrieval.")
+    compressor: str = Field(
+        "self-information", description="`self-information` (the student's surprisal) or `llmlingua`."
+    )
+    retriever: str = Field("tfidf", description="`tfidf`, `bm25` or `embedding` (all-MiniLM-L6-v2) for examples.")
+    reference: bool = Field(
+        True, description="Method skintern: also train standard distillation for as many epochs (stage `reference`) "
+        "and measure the prompt tokens of knowledge-augmented inference."
+    )
+
+    @field_validator("compressor")
+    @classmethod
+    def _compressor(cls, v: str) -> str:
+        if v not in ("self-information", "llmlingua"):
+            raise ValueError(f"must be self-information or llmlingua, got {v!r}")
+        return v
+
+    @field_validator("retriever")
+    @classmethod
+    def _retriever(cls, v: str) -> str:
+        if v not in ("tfidf", "bm25", "embedding"):
+            raise ValueError(f"must be tfidf, bm25 or embedding, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _explicit(self) -> InternalizationSpec:
@@ -445,6 +465,11 @@ class DistillationSpec(Spec):
         if self.method == Method.skintern:
             return self.skintern.stages - 1
         return self.iterations.max
+
+    @property
+    def internalizes(self) -> bool:
+        """Whether training follows a SKIntern schedule (method skintern, or SIKeD with `internalization`)."""
+        return self.method == Method.skintern or self.internalization is not None
 
     @property
     def skintern(self) -> InternalizationSpec:

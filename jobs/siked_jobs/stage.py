@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("stage", help="teacher, baseline, teacher-eval, sample, train, eval or export")
+    parser.add_argument("stage", help="teacher, baseline, teacher-eval, reference, sample, train, eval or export")
     parser.add_argument("--run-uri", required=True, help="the run's prefix: s3://bucket/prefix or file:///path")
     parser.add_argument("--iteration", type=int, help="iteration of sample, train and eval")
 

@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from siked_operator.config import Config
-from siked_runtime.graph import BASELINE, EVAL, EXPORT, TEACHER, TEACHER_EVAL, StageKey
+from siked_runtime.graph import BASELINE, EVAL, EXPORT, REFERENCE, TEACHER, TEACHER_EVAL, TRAIN, StageKey
 from siked_runtime.spec import API_VERSION, KIND, DistillationSpec, ResourceSpec
 
 RUN_LABEL = "siked.io/run"
@@ -37,7 +37,7 @@ SCRATCH = "/scratch"
 NAME_LIMIT = 63  # Job names become the `job-name` label of their pods
 
 # Stages without their own entry in spec.resources use the closest one.
-_RESOURCES_OF = {BASELINE: EVAL, TEACHER_EVAL: TEACHER, EXPORT: "default"}
+_RESOURCES_OF = {BASELINE: EVAL, TEACHER_EVAL: TEACHER, REFERENCE: TRAIN, EXPORT: "default"}
 
 
 def _shorten(name: str, room: int) -> str:

@@ -3,8 +3,9 @@
     teacher       stages/teacher.py
     baseline      stages/evaluate.py  (run_baseline)
     teacher-eval  stages/evaluate.py  (run_teacher_eval)
+    reference     stages/reference.py (method skintern: standard distillation beside it)
     sample[t]     stages/sample.py
-    train[t]      stages/train.py
+    train[t]      stages/train.py     (SKIntern prompts: stages/internalize.py)
     eval[t]       stages/evaluate.py  (run_eval)
     export        stages/export.py
 
@@ -23,12 +24,13 @@ from siked_runtime.storage import Store, clear_stage, publish, read_manifest
 
 def _function(stage: str):
     # Imported on demand: the operator plans stages without the ML stack.
-    from siked_runtime.stages import evaluate, export, sample, teacher, train
+    from siked_runtime.stages import evaluate, export, reference, sample, teacher, train
 
     return {
         "teacher": teacher.run_teacher,
         "baseline": evaluate.run_baseline,
         "teacher-eval": evaluate.run_teacher_eval,
+        "reference": reference.run_reference,
         "sample": sample.run_sample,
         "train": train.run_train,
         "eval": evaluate.run_eval,

@@ -1,7 +1,8 @@
 """Stage `teacher`: verified teacher solutions per question × strategy.
 
 Writes `teacher/solutions.jsonl.gz` (kept rows: at most m correct per question
-and strategy) and `teacher/all.jsonl.gz` (every raw row with its verdict).
+and strategy) and `teacher/all.jsonl.gz` (every raw row with its verdict). Runs that
+follow a SKIntern schedule also get `teacher/knowledge.jsonl.gz` (`stages/internalize.py`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def run_teacher(spec: DistillationSpec, store: Store, iteration: int | None = No
     store.write_jsonl("teacher/solutions.jsonl.gz", kept)
     solved = len({r["id"] for r in kept})
     log(f"teacher: kept {len(kept)} of {len(raw)} solutions; {solved}/{len(records)} questions solved")
+    knowledge = None
+    if spec.internalizes:
+        from siked_runtime.stages.internalize import write_knowledge
+
+        knowledge = write_knowledge(spec, store, records, kept)
     return {
         "questions": len(records),
         "raw_rows": len(raw),
@@ -79,5 +85,6 @@ def run_teacher(spec: DistillationSpec, store: Store, iteration: int | None = No
         "questions_solved": solved,
         "strategies": per_strategy(verified),
         "solutions": store.url("teacher/solutions.jsonl.gz"),
+        **({"knowledge": knowledge} if knowledge else {}),
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -19,7 +19,7 @@ import yaml
 from siked_runtime.graph import SAMPLE, TRAIN, StageKey
 from siked_runtime.mixing import mix
 from siked_runtime.scoring import strategy_shares
-from siked_runtime.spec import DistillationSpec
+from siked_runtime.spec import DistillationSpec, Method
 from siked_runtime.stages.common import MODEL_DIR, local_model, log
 from siked_runtime.stages.data import train_questions
 from siked_runtime.storage import LocalStore, Store
@@ -46,7 +46,8 @@ def training_rows(spec: DistillationSpec, store: Store, iteration: int):
 
 
 def base_model(spec: DistillationSpec, store: Store, iteration: int) -> Path | str:
-    if iteration >= 1 and spec.training.continue_from_previous:
+    # SKIntern's stages are one schedule on the same weights.
+    if iteration >= 1 and (spec.training.continue_from_previous or spec.method == Method.skintern):
         return local_model(store, StageKey(TRAIN, iteration - 1).prefix)
     from siked_runtime.models import resolve_model
 
@@ -65,11 +66,15 @@ def run_train(spec: DistillationSpec, store: Store, iteration: int) -> dict:
     base = base_model(spec, store, iteration)
     log(f"{prefix}: {len(rows)} rows ({mixed.teacher_rows} teacher, {mixed.self_rows} self, "
         f"α={mixed.alpha:.2f}) from {base}")
+    schedule = None
     with tempfile.TemporaryDirectory(prefix="siked-train-") as tmp:
         # Local runs write the model in place; remote stores get it uploaded after training.
         out = store.root / prefix / MODEL_DIR if isinstance(store, LocalStore) else Path(tmp) / MODEL_DIR
-        summary = train_sft(str(base), [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows],
-                            out, spec.student, spec.training, seed=spec.seed + iteration)
+        if spec.internalizes:
+            summary, schedule = train_internalized(spec, store, iteration, rows, base, out, Path(tmp))
+        else:
+            summary = train_sft(str(base), [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows],
+                                out, spec.student, spec.training, seed=spec.seed + iteration)
         (out / "siked-spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True)))
         if not isinstance(store, LocalStore):
             store.upload_dir(f"{prefix}/{MODEL_DIR}", out)
@@ -85,5 +90,35 @@ def run_train(spec: DistillationSpec, store: Store, iteration: int) -> dict:
         "model": store.url(f"{prefix}/{MODEL_DIR}"),
         "training": {k: v for k, v in summary.items() if k != "loss_history"},
         "loss_history": summary.get("loss_history", []),
+        **({"internalization": schedule} if schedule is not None else {}),
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def train_internalized(spec: DistillationSpec, store: Store, iteration: int, rows: list[dict], base, out: Path,
+                       scratch: Path) -> tuple[dict, list[dict]]:
+    """Train on `rows` under the SKIntern schedule: stage t's share for method skintern, every
+    share in turn (each from the last one's weights) for SIKeD with `internalization`.
+    Each share trains `epochsPerStage` epochs. Returns the last summary and one entry per share."""
+    from siked_runtime.internalization import shares
+    from siked_runtime.stages.internalize import PromptBuilder
+    from siked_runtime.training import train_sft
+
+    builder = PromptBuilder(spec, store)
+    schedule = shares(spec.skintern)
+    phases = [schedule[iteration]] if spec.method == Method.skintern else schedule
+    training = spec.training.model_copy(update={"epochs": spec.skintern.epochs_per_stage, "max_steps": None})
+    current, entries, summary, written = str(base), [], {}, []
+    for k, share in enumerate(phases):
+        staged, stats = builder.rows(rows, share)
+        written += [{**r, "share": round(share, 4)} for r in staged]
+        target = out if k == len(phases) - 1 else scratch / f"share-{k}"
+        log(f"{StageKey(TRAIN, iteration).prefix}: knowledge share {share:.2f} ({stats['knowledge_kept']} of its "
+            f"tokens kept), {stats['examples']} examples, {stats['prompt_tokens_per_example']} prompt tokens per row")
+        summary = train_sft(current, [{"prompt": r["prompt"], "completion": r["completion"]} for r in staged],
+                            target, spec.student, training, seed=spec.seed + iteration)
+        entries.append({**stats, "steps": summary["steps"], "train_loss": summary["train_loss"],
+                        "seconds": summary["seconds"]})
+        current = str(target)
+    store.write_jsonl(f"{StageKey(TRAIN, iteration).prefix}/data.jsonl.gz", written)  # the prompts as trained
+    return summary, entries

@@ -21,7 +21,10 @@ from siked_runtime.teachers.fewshot import teacher_messages
 
 def render(tokenizer, question: str, strategy: str) -> str:
     """The teacher's prompt text: its chat template over the few-shot conversation."""
-    messages = teacher_messages(question, strategy)
+    return render_messages(tokenizer, teacher_messages(question, strategy))
+
+
+def render_messages(tokenizer, messages: list[dict]) -> str:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "".join(f"{m['content']}\n\n" for m in messages)  # a base model: the turns as plain text
@@ -47,3 +50,15 @@ def solve_local(teacher: TeacherSpec, records: list[dict], strategies: Iterable[
                 text = f"{tag(strategy)}\n{text}"
             rows.append({"id": record["id"], "answer": record["answer"], "strategy": strategy, "completion": text})
     return rows
+
+
+def ask_local(teacher: TeacherSpec, conversations: list[list[dict]], sampling: SamplingSpec, seed: int = 0) -> list[str]:
+    """One reply per conversation from the teacher model (the knowledge prompts of SKIntern)."""
+    backend = "vllm" if teacher.kind == "vllm" else sampling.backend
+    sampler = make_sampler(backend, teacher.model, batch_size=sampling.batch_size)
+    try:
+        prompts = [render_messages(sampler.tokenizer, m) for m in conversations]
+        replies = sampler.generate(prompts, n=1, temperature=0.0, max_new_tokens=teacher.max_tokens, seed=seed)
+    finally:
+        sampler.close()
+    return [r[0] for r in replies]

@@ -96,27 +96,33 @@ def _choices(response: httpx.Response) -> list[str]:
         raise TeacherAPIError(f"malformed chat/completions response ({exc!r}): {response.text[:200]}") from None
 
 
-async def _solve(client: ChatClient, records: list[dict], strategies: Iterable[str], n: int,
-                 on_done: Callable[[int], None] | None) -> list[dict]:
+async def _ask(client: ChatClient, conversations: list[list[dict]], n: int,
+               on_done: Callable[[int], None] | None) -> list[list[str]]:
     limit = asyncio.Semaphore(client.max_concurrency)
     timeout = httpx.Timeout(client.timeout_seconds, connect=min(10.0, client.timeout_seconds))
     limits = httpx.Limits(max_connections=client.max_concurrency)
 
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
-        async def one(record: dict, strategy: str) -> list[dict]:
+        async def one(messages: list[dict]) -> list[str]:
             async with limit:
-                texts = await client.complete(http, teacher_messages(record["question"], strategy), n)
+                texts = await client.complete(http, messages, n)
             if on_done:
                 on_done(1)
-            return [{"id": record["id"], "answer": record["answer"], "strategy": strategy, "completion": t}
-                    for t in texts]
+            return texts
 
-        jobs = [one(r, s) for r in records for s in strategies]
-        results = await asyncio.gather(*jobs)
-    return [row for rows in results for row in rows]
+        return list(await asyncio.gather(*(one(m) for m in conversations)))
+
+
+def ask(client: ChatClient, conversations: list[list[dict]], n: int = 1,
+        on_done: Callable[[int], None] | None = None) -> list[list[str]]:
+    """`n` replies to each conversation, in input order, requests running concurrently."""
+    return asyncio.run(_ask(client, conversations, n, on_done))
 
 
 def solve(client: ChatClient, records: list[dict], strategies: Iterable[str], n: int = 1,
           on_done: Callable[[int], None] | None = None) -> list[dict]:
     """Raw teacher completions, `n` per question and strategy, in input order (unverified)."""
-    return asyncio.run(_solve(client, records, tuple(strategies), n, on_done))
+    requests = [(r, s) for r in records for s in strategies]
+    replies = ask(client, [teacher_messages(r["question"], s) for r, s in requests], n, on_done)
+    return [{"id": r["id"], "answer": r["answer"], "strategy": s, "completion": t}
+            for (r, s), texts in zip(requests, replies, strict=True) for t in texts]
