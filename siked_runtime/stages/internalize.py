@@ -98,6 +98,10 @@ class PromptBuilder:
             self._compressor = make_compressor(self.settings.compressor, self.spec.student.model)
         return self._compressor
 
+    def count(self, text: str) -> int:
+        """Tokens of `text` alone, under the student's tokenizer."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
     def prompt_tokens(self, user_text: str) -> int:
         """Tokens of the full chat prompt the student reads for `user_text`."""
         from siked_runtime.models import chat_prompt
@@ -113,12 +117,11 @@ class PromptBuilder:
         row = self.knowledge.get(question_id)
         full = kept = 0
         text = ""
+        if row is not None:
+            full = sum(self.count(row[f]) for f in ("summary", "knowledge"))
         if row is not None and share > 0:
-            full = sum(self.compressor.count(row[f]) for f in ("summary", "knowledge"))
             text = knowledge_text(row, lambda t: self.compressor.compress(t, share, keep=keep))
-            kept = sum(self.compressor.count(t.split(": ", 1)[1]) for t in text.splitlines() if ": " in t)
-        elif row is not None:
-            full = sum(self.compressor.count(row[f]) for f in ("summary", "knowledge"))
+            kept = sum(self.count(line.split(": ", 1)[1]) for line in text.splitlines() if ": " in line)
         examples = [self.example(e, strategy) for e in self.neighbours.get(question_id, [])]
         examples = examples[: examples_at(self.settings.examples, share)]
         return internalized_prompt(self.questions[question_id], text, examples), kept, full
