@@ -74,13 +74,12 @@ class SelfInformationCompressor:
             return text
         if share <= 0.0:
             return ""
-        tokens = self.token_information(text)
         words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
         wanted = {k.replace(",", "") for k in keep}
         scored = [(bool(wanted & number_strings(w)), info, i, n) for i, (w, info, n) in enumerate(self.word_scores(text))]
         # Word boundaries re-tokenize a little differently once neighbours are gone: shrink the
         # budget until the result itself is within the target.
-        target = math.floor(share * len(tokens) + 0.5)
+        target = math.floor(share * len(self.token_information(text)) + 0.5)
         ranked = sorted(scored, key=lambda x: (not x[0], -x[1], x[2]))
         budget, out = target, text
         for _ in range(8):
@@ -129,15 +128,6 @@ class LLMLinguaCompressor:
 
     def count(self, text: str) -> int:
         return len(self._compressor.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-
-    def word_scores(self, text: str) -> list[tuple[str, float, int]]:
-        """(word, self-information, tokens) for each whitespace-separated word of `text`."""
-        tokens = self.token_information(text)
-        out = []
-        for m in _WORD.finditer(text):
-            inside = [v for s, e, v in tokens if s < m.end() and e > m.start()]
-            out.append((m.group(), sum(inside), max(len(inside), 1)))
-        return out
 
     def compress(self, text: str, share: float, keep: Iterable[str] = ()) -> str:
         if share >= 1.0 or not text.strip():
