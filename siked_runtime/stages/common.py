@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from siked_runtime.storage import LocalStore, Store
@@ -25,6 +28,19 @@ def local_model(store: Store, prefix: str) -> Path:
     if not (target / "config.json").exists():
         store.download_dir(key, target)
     return target
+
+
+@contextmanager
+def model_output(store: Store, prefix: str) -> Iterator[Path]:
+    """Where a stage writes its model: in place for file:// runs; for s3:// a scratch directory
+    uploaded to `<prefix>/model/` when the block ends without an error."""
+    if isinstance(store, LocalStore):
+        yield store.root / prefix / MODEL_DIR
+        return
+    with tempfile.TemporaryDirectory(prefix="siked-model-") as tmp:
+        out = Path(tmp) / MODEL_DIR
+        yield out
+        store.upload_dir(f"{prefix}/{MODEL_DIR}", out)
 
 
 def log(message: str) -> None:

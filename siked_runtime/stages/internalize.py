@@ -81,11 +81,11 @@ class PromptBuilder:
         self.solutions: dict[str, dict[str, str]] = {}
         for r in store.read_jsonl("teacher/solutions.jsonl.gz"):
             self.solutions.setdefault(r["id"], {}).setdefault(r["strategy"], r["completion"])
-        pool = [i for i in self.questions if i in self.solutions]
+        self.pool = [i for i in self.questions if i in self.solutions]  # questions that can serve as examples
         ids = list(self.questions)
         nearest = similar_examples(self.settings.retriever, [self.questions[i] for i in ids],
-                                   self.settings.examples, pool=[self.questions[i] for i in pool])
-        self.neighbours = {i: [pool[j] for j in near] for i, near in zip(ids, nearest)}
+                                   self.settings.examples, pool=[self.questions[i] for i in self.pool])
+        self.neighbours = {i: [self.pool[j] for j in near] for i, near in zip(ids, nearest)}
         self._compressor = None
         self.tokenizer = load_tokenizer(resolve_model(spec.student.model))
 

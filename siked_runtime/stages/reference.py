@@ -10,14 +10,11 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from siked_runtime.graph import REFERENCE, StageKey
 from siked_runtime.spec import DistillationSpec
-from siked_runtime.stages.common import MODEL_DIR, log
+from siked_runtime.stages.common import MODEL_DIR, log, model_output
 from siked_runtime.stages.data import eval_sets
-from siked_runtime.storage import LocalStore, Store
+from siked_runtime.storage import Store
 
 
 def inference_prompt_tokens(spec: DistillationSpec, store: Store) -> dict:
@@ -31,7 +28,7 @@ def inference_prompt_tokens(spec: DistillationSpec, store: Store) -> dict:
     builder = PromptBuilder(spec, store)
     records = [r for rows in eval_sets(spec).values() for r in rows]
     knowledge = teacher_knowledge(spec, records, solutions={})  # at inference the teacher sees the question only
-    pool = [i for i in builder.questions if i in builder.solutions]
+    pool = builder.pool
     nearest = similar_examples(spec.skintern.retriever, [r["question"] for r in records], spec.skintern.examples,
                                pool=[builder.questions[i] for i in pool])
     plain = augmented = 0
@@ -55,14 +52,9 @@ def run_reference(spec: DistillationSpec, store: Store, iteration: int | None = 
     epochs = spec.skintern.epochs_per_stage * spec.skintern.stages
     training = spec.training.model_copy(update={"epochs": epochs, "max_steps": None})
     log(f"{prefix}: standard distillation, {len(rows)} rows × {epochs:g} epochs from {spec.student.model}")
-    with tempfile.TemporaryDirectory(prefix="siked-reference-") as tmp:
-        out = store.root / prefix / MODEL_DIR if isinstance(store, LocalStore) else Path(tmp) / MODEL_DIR
-        summary = train_sft(resolve_model(spec.student.model),
-                            [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows],
-                            out, spec.student, training, seed=spec.seed)
+    with model_output(store, prefix) as out:
+        summary = train_sft(resolve_model(spec.student.model), rows, out, spec.student, training, seed=spec.seed)
         manifest = evaluate_model(spec, store, out, prefix)
-        if not isinstance(store, LocalStore):
-            store.upload_dir(f"{prefix}/{MODEL_DIR}", out)
     tokens = inference_prompt_tokens(spec, store)
     log(f"{prefix}: inference prompt tokens {tokens['question_only']} (question only) vs "
         f"{tokens['knowledge_augmented']} (knowledge-augmented), {tokens['ratio']}×")

@@ -20,9 +20,9 @@ from siked_runtime.graph import SAMPLE, TRAIN, StageKey
 from siked_runtime.mixing import mix
 from siked_runtime.scoring import strategy_shares
 from siked_runtime.spec import DistillationSpec, Method
-from siked_runtime.stages.common import MODEL_DIR, local_model, log
+from siked_runtime.stages.common import MODEL_DIR, local_model, log, model_output
 from siked_runtime.stages.data import train_questions
-from siked_runtime.storage import LocalStore, Store
+from siked_runtime.storage import Store
 from siked_runtime.strategies import build_prompt
 
 ROW_FIELDS = ("id", "strategy", "completion", "source")
@@ -67,17 +67,12 @@ def run_train(spec: DistillationSpec, store: Store, iteration: int) -> dict:
     log(f"{prefix}: {len(rows)} rows ({mixed.teacher_rows} teacher, {mixed.self_rows} self, "
         f"α={mixed.alpha:.2f}) from {base}")
     schedule = None
-    with tempfile.TemporaryDirectory(prefix="siked-train-") as tmp:
-        # Local runs write the model in place; remote stores get it uploaded after training.
-        out = store.root / prefix / MODEL_DIR if isinstance(store, LocalStore) else Path(tmp) / MODEL_DIR
+    with model_output(store, prefix) as out, tempfile.TemporaryDirectory(prefix="siked-train-") as scratch:
         if spec.internalizes:
-            summary, schedule = train_internalized(spec, store, iteration, rows, base, out, Path(tmp))
+            summary, schedule = train_internalized(spec, store, iteration, rows, base, out, Path(scratch))
         else:
-            summary = train_sft(str(base), [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows],
-                                out, spec.student, spec.training, seed=spec.seed + iteration)
+            summary = train_sft(str(base), rows, out, spec.student, spec.training, seed=spec.seed + iteration)
         (out / "siked-spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True)))
-        if not isinstance(store, LocalStore):
-            store.upload_dir(f"{prefix}/{MODEL_DIR}", out)
     return {
         "iteration": iteration,
         "rows": len(rows),
@@ -115,8 +110,7 @@ def train_internalized(spec: DistillationSpec, store: Store, iteration: int, row
         target = out if k == len(phases) - 1 else scratch / f"share-{k}"
         log(f"{StageKey(TRAIN, iteration).prefix}: knowledge share {share:.2f} ({stats['knowledge_kept']} of its "
             f"tokens kept), {stats['examples']} examples, {stats['prompt_tokens_per_example']} prompt tokens per row")
-        summary = train_sft(current, [{"prompt": r["prompt"], "completion": r["completion"]} for r in staged],
-                            target, spec.student, training, seed=spec.seed + iteration)
+        summary = train_sft(current, staged, target, spec.student, training, seed=spec.seed + iteration)
         entries.append({**stats, "steps": summary["steps"], "train_loss": summary["train_loss"],
                         "seconds": summary["seconds"]})
         current = str(target)

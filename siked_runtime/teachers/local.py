@@ -30,18 +30,25 @@ def render_messages(tokenizer, messages: list[dict]) -> str:
     return "".join(f"{m['content']}\n\n" for m in messages)  # a base model: the turns as plain text
 
 
-def solve_local(teacher: TeacherSpec, records: list[dict], strategies: Iterable[str], sampling: SamplingSpec,
-                seed: int = 0) -> list[dict]:
-    """Raw teacher rows `{id, answer, strategy, completion}`, `samplesPerStrategy` per question × strategy."""
+def _generate(teacher: TeacherSpec, sampling: SamplingSpec, conversations: list[list[dict]], n: int,
+              temperature: float, seed: int) -> list[list[str]]:
+    """`n` replies per conversation from the teacher model, loaded for this call only."""
     backend = "vllm" if teacher.kind == "vllm" else sampling.backend
     sampler = make_sampler(backend, teacher.model, batch_size=sampling.batch_size)
     try:
-        requests = [(r, s) for r in records for s in strategies]
-        prompts = [render(sampler.tokenizer, r["question"], s) for r, s in requests]
-        completions = sampler.generate(prompts, n=teacher.samples_per_strategy, temperature=teacher.temperature,
-                                       max_new_tokens=teacher.max_tokens, top_p=sampling.top_p, seed=seed)
+        prompts = [render_messages(sampler.tokenizer, m) for m in conversations]
+        return sampler.generate(prompts, n=n, temperature=temperature, max_new_tokens=teacher.max_tokens,
+                                top_p=sampling.top_p if temperature > 0 else 1.0, seed=seed)
     finally:
         sampler.close()
+
+
+def solve_local(teacher: TeacherSpec, records: list[dict], strategies: Iterable[str], sampling: SamplingSpec,
+                seed: int = 0) -> list[dict]:
+    """Raw teacher rows `{id, answer, strategy, completion}`, `samplesPerStrategy` per question × strategy."""
+    requests = [(r, s) for r in records for s in strategies]
+    completions = _generate(teacher, sampling, [teacher_messages(r["question"], s) for r, s in requests],
+                            teacher.samples_per_strategy, teacher.temperature, seed)
     rows = []
     for (record, strategy), texts in zip(requests, completions, strict=True):
         for text in texts:
@@ -53,12 +60,5 @@ def solve_local(teacher: TeacherSpec, records: list[dict], strategies: Iterable[
 
 
 def ask_local(teacher: TeacherSpec, conversations: list[list[dict]], sampling: SamplingSpec, seed: int = 0) -> list[str]:
-    """One reply per conversation from the teacher model (the knowledge prompts of SKIntern)."""
-    backend = "vllm" if teacher.kind == "vllm" else sampling.backend
-    sampler = make_sampler(backend, teacher.model, batch_size=sampling.batch_size)
-    try:
-        prompts = [render_messages(sampler.tokenizer, m) for m in conversations]
-        replies = sampler.generate(prompts, n=1, temperature=0.0, max_new_tokens=teacher.max_tokens, seed=seed)
-    finally:
-        sampler.close()
-    return [r[0] for r in replies]
+    """One greedy reply per conversation from the teacher model (the knowledge prompts of SKIntern)."""
+    return [r[0] for r in _generate(teacher, sampling, conversations, 1, 0.0, seed)]
