@@ -46,6 +46,21 @@ in a run (`FAVOURED_STRATEGY` names the intended one) is what confirms them.
   per minute over hours and minutes, millilitres per second into litres, 35% off,
   overtime at 50% extra, town growth). Chains of ×60, ×1000 and percentages with
   mid-sized numbers.
+* `piecewise` (favours `cot`) — small numbers under a rule with two cases: tiered
+  prices ("$2 each when you buy more than 10"), pay above a daily threshold, free
+  delivery from an order size, parking after the first hours, a bonus for more than
+  X goals. About half the problems fall on each side of the threshold. Text checks
+  which case applies and computes it; a program has to state the rule for every
+  case (`if … else`, `max(h - t, 0)`, `min`), which a small model writes poorly.
+* `round_up` (favours `cot`) — sharing into groups of a fixed size with small
+  numbers: vans or tables needed (round up), boxes filled completely (round down),
+  what is left over. Text says "23 / 6 = 3 with 5 left over, so 4"; a program has
+  to pick `math.ceil` or `//` from the wording.
+
+Early families wrote the same steps in every strategy, so `pot` was best on all of
+them for a small student; `siked experiment --pilot` measures, per family, which
+strategy a trained student actually does best with (FAVOURED_STRATEGY is only the
+design intent).
 """
 
 from __future__ import annotations
@@ -82,10 +97,25 @@ def _apply(op: str, values: list[Fraction]) -> Fraction:
         if len(values) != 2:
             raise ValueError(f"pct needs two arguments, got {values}")
         return values[0] * values[1] / 100
+    if op in _RULES:
+        arity = 4 if op.startswith("if_") else 2
+        if len(values) != arity or (op.endswith("div") and values[1] == 0):
+            raise ValueError(f"{op} needs {arity} arguments (and a non-zero divisor), got {values}")
+        return Fraction(_RULES[op](*values))
     raise ValueError(f"unknown op {op!r}")
 
 
-OPS: tuple[str, ...] = ("add", "sub", "mul", "div", "pct")
+# Rules with a branch or a rounding: text evaluates the one case that applies, a program
+# has to state the rule in general (`if`, `max`, `min`, `math.ceil`, `//`).
+_RULES: dict[str, Callable[..., Fraction | int]] = {
+    "ceildiv": lambda a, b: math.ceil(a / b),       # whole vans needed for a people
+    "floordiv": lambda a, b: math.floor(a / b),     # full boxes filled from a items
+    "over": lambda a, b: max(a - b, 0),             # hours above a threshold
+    "lesser": lambda a, b: min(a, b),               # hours up to a threshold
+    "if_gt": lambda a, b, x, y: x if a > b else y,  # x if a is more than b, else y
+    "if_ge": lambda a, b, x, y: x if a >= b else y,  # x if a is at least b, else y
+}
+OPS: tuple[str, ...] = ("add", "sub", "mul", "div", "pct", *_RULES)
 
 
 def evaluate(graph: list[dict]) -> dict[str, Fraction]:
@@ -129,13 +159,20 @@ class _Story:
     def value(self, arg: str | int) -> int:
         return self.values[arg] if isinstance(arg, str) else arg
 
-    def compute(self, op: str, args: list[str | int], text: str, name: str) -> str:
-        """Add a node and return its id; rejects values that are not small non-negative integers."""
+    def compute(self, op: str, args: list[str | int], text: str, name: str,
+                inputs: dict[int, str] | None = None) -> str:
+        """Add a node and return its id; rejects values that are not small non-negative integers.
+
+        `inputs` names literal arguments ({position: python name}) for a program that states its
+        givens first, as a model teacher's program-of-thought does."""
         exact = _apply(op, [Fraction(self.value(a)) for a in args])
         if exact.denominator != 1 or exact < 0 or exact > self.max_value:
             raise _Retry
         node_id = f"v{len(self.nodes) + 1}"
-        self.nodes.append({"id": node_id, "op": op, "args": list(args), "value": int(exact), "text": text, "name": name})
+        node = {"id": node_id, "op": op, "args": list(args), "value": int(exact), "text": text, "name": name}
+        if inputs:
+            node["inputs"] = {str(k): v for k, v in sorted(inputs.items())}
+        self.nodes.append(node)
         self.values[node_id] = int(exact)
         return node_id
 
@@ -749,6 +786,193 @@ def _town_growth(s: _Story) -> str:
     return "How many people live there now?"
 
 
+# --- piecewise (cot) -----------------------------------------------------------------------------
+# Small numbers and one rule with two cases. A text solution checks which case applies and
+# computes only that one; a program must state the rule for both cases (`if`, `max`, `min`).
+# About half of the problems fall on each side of the threshold (sometimes exactly on it).
+
+
+def _either_side(rng: random.Random, t: int, low: int, high: int) -> int:
+    """A count near the threshold t: above it, at it, or below it."""
+    side = rng.random()
+    if side < 0.45:
+        return rng.randint(t + 1, min(high, t + 8))
+    if side < 0.55 or t - 1 < low:
+        return t
+    return rng.randint(max(low, t - 8), t - 1)
+
+
+def _tiered_price(s: _Story) -> str:
+    rng = s.rng
+    a, subj, _, _ = rng.choice(PEOPLE)
+    goods, good = rng.choice(GOODS)
+    t = rng.randint(4, 12)
+    p = rng.randint(3, 9)
+    q = rng.randint(1, p - 1)
+    n = _either_side(rng, t, 2, 20)
+    s.tell(f"{_cap(goods)} cost ${p} each, or ${q} each when you buy more than {t}. {a} buys {n} {goods}.")
+    price = s.compute("if_gt", [n, t, q, p], f"the price of one {good}", "price",
+                      inputs={0: _ident(goods), 1: "threshold", 2: "bulk_price", 3: "regular_price"})
+    cost = s.compute("mul", [n, price], f"the cost of the {goods}", "cost", inputs={0: _ident(goods)})
+    if rng.random() < 0.4:
+        b = rng.randint(2, 9)
+        s.tell(f"{_cap(subj)} also buys a bag for ${b}.")
+        s.compute("add", [cost, b], f"the money {a} pays in all", "total", inputs={1: "bag_price"})
+    return rng.choice([f"How much does {a} pay?", f"How many dollars does {a} spend?"])
+
+
+def _extra_hours(s: _Story) -> str:
+    rng = s.rng
+    a, subj, _, _ = rng.choice(PEOPLE)
+    day = rng.choice(DAYS)
+    t, w = rng.randint(3, 8), rng.randint(2, 9)
+    x = w + rng.randint(1, 5)
+    h = _either_side(rng, t, 1, 12)
+    s.tell(f"{a} earns ${w} an hour for up to {t} hours a day and ${x} for every hour after that. "
+           f"On {day} {subj} works {h} hours.")
+    regular = s.compute("lesser", [h, t], "the number of hours paid at the regular rate", "regular_hours",
+                        inputs={0: "hours", 1: "regular_limit"})
+    extra = s.compute("over", [h, t], "the number of extra hours", "extra_hours", inputs={0: "hours", 1: "regular_limit"})
+    pay = s.compute("mul", [regular, w], "the pay for the regular hours", "regular_pay", inputs={1: "regular_rate"})
+    bonus = s.compute("mul", [extra, x], "the pay for the extra hours", "extra_pay", inputs={1: "extra_rate"})
+    s.compute("add", [pay, bonus], f"the money {a} earns on {day}", "day_pay")
+    return f"How much does {a} earn on {day}?"
+
+
+def _free_delivery(s: _Story) -> str:
+    rng = s.rng
+    a, subj, _, _ = rng.choice(PEOPLE)
+    goods, _ = rng.choice(GOODS)
+    n, c = rng.randint(2, 6), rng.randint(2, 9)
+    cost = n * c
+    t = rng.choice([cost - rng.randint(1, 8), cost, cost + rng.randint(1, 8)])
+    d = rng.randint(3, 9)
+    if t < 5:
+        raise _Retry
+    s.tell(f"{a} orders {n} {goods} at ${c} each. Delivery costs ${d}, but it is free on orders of ${t} or more.")
+    v1 = s.compute("mul", [n, c], f"the cost of the {goods}", "cost", inputs={0: _ident(goods), 1: "price"})
+    v2 = s.compute("if_ge", [v1, t, 0, d], "the delivery charge", "delivery",
+                   inputs={1: "free_delivery_from", 3: "delivery_fee"})
+    s.compute("add", [v1, v2], f"the money {a} pays in all", "total")
+    return f"How much does {a} pay in all?"
+
+
+def _parking(s: _Story) -> str:
+    rng = s.rng
+    a, subj, _, _ = rng.choice(PEOPLE)
+    place = rng.choice(["Parking", "Renting a bike", "A rowing boat", "A locker"])
+    first, t, more = rng.randint(3, 9), rng.randint(1, 4), rng.randint(2, 6)
+    h = _either_side(rng, t, 1, 10)
+    s.tell(f"{place} costs ${first} for the first {t} hours and ${more} for every hour after that. "
+           f"{a} needs it for {h} hours.")
+    v1 = s.compute("over", [h, t], f"the number of hours after the first {t}", "extra_hours",
+                   inputs={0: "hours", 1: "first_hours"})
+    v2 = s.compute("mul", [v1, more], "the charge for the extra hours", "extra_charge", inputs={1: "hourly_rate"})
+    s.compute("add", [first, v2], f"the money {a} pays", "total", inputs={0: "first_charge"})
+    return f"How much does {a} pay?"
+
+
+def _goal_bonus(s: _Story) -> str:
+    rng = s.rng
+    a, subj, _, poss = rng.choice(PEOPLE)
+    items, _ = rng.choice(COLLECTIBLES)
+    x, y, t = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 6)
+    g = _either_side(rng, t, 0, 12)
+    k = rng.randint(2, 5)
+    s.tell(f"After every game a coach gives each player {x} {items}, and {y} more to a player who scores more "
+           f"than {t} goals. {a} scores {g} goals in the game.")
+    v1 = s.compute("if_gt", [g, t, y, 0], f"the extra {items} {a} gets", "bonus",
+                   inputs={0: "goals", 1: "goal_threshold", 2: "extra"})
+    v2 = s.compute("add", [x, v1], f"the number of {items} {a} gets after the game", _ident(items, "per_game"),
+                   inputs={0: "base"})
+    if rng.random() < 0.5:
+        s.tell(f"{_cap(subj)} already had {k} {items}.")
+        s.compute("add", [v2, k], f"the number of {items} {a} has now", _ident(items, "now"), inputs={1: "had"})
+        return f"How many {items} does {a} have now?"
+    return f"How many {items} does {a} get after the game?"
+
+
+# --- round_up (cot) ------------------------------------------------------------------------------
+# Sharing into groups of a fixed size: whole vans needed (round up) or full boxes (round down),
+# with small numbers. Text reads "20 / 6 = 3 with 2 left over, so 4 vans"; a program has to pick
+# `math.ceil` or `//` from the wording.
+
+
+def _vans(s: _Story) -> str:
+    rng = s.rng
+    group = rng.choice(["class", "choir", "scout troop", "team", "book club"])
+    vehicle, vehicles = rng.choice([("van", "vans"), ("car", "cars"), ("minibus", "minibuses"), ("boat", "boats")])
+    n, k, c = rng.randint(8, 40), rng.randint(1, 4), rng.randint(4, 9)
+    s.tell(f"A {group} of {n} children and {k} adults goes on a trip. Each {vehicle} holds {c} people.")
+    v1 = s.compute("add", [n, k], "the number of people going", "people", inputs={0: "children", 1: "adults"})
+    if s.value(v1) % c == 0 and rng.random() < 0.8:
+        raise _Retry
+    s.compute("ceildiv", [v1, c], f"the number of {vehicles} needed", vehicles, inputs={1: "seats"})
+    return f"How many {vehicles} do they need?"
+
+
+def _boxes(s: _Story) -> str:
+    rng = s.rng
+    a, subj, _, _ = rng.choice(PEOPLE)
+    food = rng.choice(BAKED)
+    trays, m, c = rng.randint(2, 6), rng.randint(3, 9), rng.randint(4, 10)
+    s.tell(f"{a} bakes {trays} trays of {food} with {m} {food} on each tray. "
+           f"{_cap(subj)} packs them into boxes that hold {c} {food} each.")
+    v1 = s.compute("mul", [trays, m], f"the number of {food} {a} bakes", _ident(food), inputs={0: "trays", 1: "per_tray"})
+    if s.value(v1) % c == 0 and rng.random() < 0.8:
+        raise _Retry
+    if rng.random() < 0.5:
+        s.compute("ceildiv", [v1, c], "the number of boxes needed for all of them", "boxes", inputs={1: "box_size"})
+        return f"How many boxes does {a} need to pack all of the {food}?"
+    s.compute("floordiv", [v1, c], "the number of boxes filled completely", "full_boxes", inputs={1: "box_size"})
+    return f"How many boxes can {a} fill completely?"
+
+
+def _trips(s: _Story) -> str:
+    rng = s.rng
+    carrier, load = rng.choice([("lift", "people"), ("ferry", "cars"), ("cable car", "skiers"), ("wagon", "sacks")])
+    n, c = rng.randint(9, 45), rng.randint(3, 8)
+    already = rng.randint(2, 6) if rng.random() < 0.4 else 0
+    s.tell(f"A {carrier} takes {c} {load} at a time. There are {n} {load} waiting.")
+    waiting: str | int = n
+    if already:
+        s.tell(f"{already} more {load} arrive before it starts.")
+        waiting = s.compute("add", [n, already], f"the number of {load} to carry", _ident(load),
+                            inputs={0: "waiting", 1: "arrived"})
+    if s.value(waiting) % c == 0 and rng.random() < 0.8:
+        raise _Retry
+    s.compute("ceildiv", [waiting, c], "the number of trips needed", "trips",
+              inputs={0: "waiting", 1: "per_trip"} if not already else {1: "per_trip"})
+    return f"How many trips does the {carrier} make to carry all the {load}?"
+
+
+def _tables(s: _Story) -> str:
+    rng = s.rng
+    event = rng.choice(["party", "wedding lunch", "school dinner", "picnic"])
+    n, c, f = rng.randint(10, 40), rng.randint(4, 8), rng.randint(2, 5)
+    thing = rng.choice(["candles", "flowers", "napkins", "balloons"])
+    s.tell(f"{n} guests come to a {event}. Each table seats {c} guests, and each table gets {f} {thing}.")
+    if n % c == 0 and rng.random() < 0.8:
+        raise _Retry
+    v1 = s.compute("ceildiv", [n, c], "the number of tables needed", "tables", inputs={0: "guests", 1: "seats"})
+    s.compute("mul", [v1, f], f"the number of {thing} needed", _ident(thing), inputs={1: _ident(thing, "per_table")})
+    return f"How many {thing} are needed?"
+
+
+def _leftover(s: _Story) -> str:
+    rng = s.rng
+    a, subj, _, _ = rng.choice(PEOPLE)
+    items, _ = rng.choice(COLLECTIBLES)
+    n, c = rng.randint(10, 50), rng.randint(3, 9)
+    if n % c == 0:
+        raise _Retry
+    s.tell(f"{a} has {n} {items}. {_cap(subj)} puts them into bags of {c} and fills as many bags as {subj} can.")
+    v1 = s.compute("floordiv", [n, c], "the number of full bags", "full_bags", inputs={0: _ident(items), 1: "bag_size"})
+    v2 = s.compute("mul", [v1, c], f"the number of {items} in the full bags", "bagged", inputs={1: "bag_size"})
+    s.compute("sub", [n, v2], f"the number of {items} left over", "left_over", inputs={0: _ident(items)})
+    return f"How many {items} are left over?"
+
+
 # --- families ------------------------------------------------------------------------------------
 
 _TEMPLATES: dict[str, list[Callable[[_Story], str]]] = {
@@ -758,6 +982,8 @@ _TEMPLATES: dict[str, list[Callable[[_Story], str]]] = {
     "compare": [_compare],
     "big_arithmetic": [_factory, _visitors_sum, _tickets, _warehouse, _savings],
     "unit_rates": [_machine_rate, _discount, _tap_litres, _overtime, _flour_bags, _town_growth],
+    "piecewise": [_tiered_price, _extra_hours, _free_delivery, _parking, _goal_bonus],
+    "round_up": [_vans, _boxes, _trips, _tables, _leftover],
 }
 
 # The strategy each family is designed to favour (see the module docstring).
@@ -768,11 +994,14 @@ FAVOURED_STRATEGY: dict[str, str] = {
     "compare": "l2m",
     "big_arithmetic": "pot",
     "unit_rates": "pot",
+    "piecewise": "cot",
+    "round_up": "cot",
 }
 FAMILIES: tuple[str, ...] = tuple(_TEMPLATES)
 # Fewer steps would make a family too easy for any strategy to matter.
 MIN_STEPS: dict[str, int] = {
     "short_story": 2, "equal_groups": 3, "long_chain": 5, "compare": 3, "big_arithmetic": 2, "unit_rates": 3,
+    "piecewise": 2, "round_up": 1,
 }
 
 

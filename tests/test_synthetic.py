@@ -10,7 +10,7 @@ import pytest
 
 from siked_runtime.synthetic import FAMILIES, FAVOURED_STRATEGY, MIN_STEPS, WORDS, evaluate, generate, make_problem
 
-PROBLEMS = generate(600, seed=11)
+PROBLEMS = generate(800, seed=11)
 
 
 def test_generation_is_deterministic_and_prefix_stable():
@@ -40,8 +40,10 @@ def test_records_have_the_documented_shape():
         assert p["meta"]["steps"] == len(p["meta"]["graph"])
         assert p["question"].endswith("?")
         for node in p["meta"]["graph"]:
-            assert set(node) == {"id", "op", "args", "value", "text", "name"}
+            assert set(node) - {"inputs"} == {"id", "op", "args", "value", "text", "name"}
             assert node["name"].isidentifier() and node["text"]
+            for position, name in node.get("inputs", {}).items():
+                assert isinstance(node["args"][int(position)], int) and name.isidentifier()
 
 
 def test_families_come_round_robin_with_their_minimum_steps():
@@ -76,7 +78,7 @@ def test_graphs_are_ordered_and_minimal():
 
 
 # Quantities a question states in words rather than digits.
-IMPLICIT = {2, 3, 4, 5, 12, 60, 100, 1000}
+IMPLICIT = {0, 2, 3, 4, 5, 12, 60, 100, 1000}
 
 
 def test_questions_state_the_numbers_their_graphs_use():
@@ -104,6 +106,28 @@ def test_families_differ_in_the_arithmetic_they_need():
     assert share("unit_rates", lambda p: any(n["op"] == "pct" or 60 in n["args"] or 1000 in n["args"] for n in p["meta"]["graph"])) > 0.7
     assert share("equal_groups", lambda p: any(w in p["question"] for w in ("dozen", "half", "twice", "quarter", "third", "pairs", "weekday"))) == 1
 
+    def ops(p):
+        return {n["op"] for n in p["meta"]["graph"]}
+
+    assert share("piecewise", lambda p: bool(ops(p) & {"if_gt", "if_ge", "over", "lesser"})) == 1
+    assert share("round_up", lambda p: bool(ops(p) & {"ceildiv", "floordiv"})) == 1
+    assert share("piecewise", big_numbers) == share("round_up", big_numbers) == 0
+    assert 0.3 < share("round_up", lambda p: "ceildiv" in ops(p)) < 0.9  # both roundings occur
+
+
+def test_piecewise_rules_fall_on_both_sides_of_their_threshold():
+    sides = Counter()
+    for p in PROBLEMS:
+        for node in p["meta"]["graph"]:
+            if node["op"] in ("if_gt", "over"):
+                a, b = (p_value(p, x) for x in node["args"][:2])
+                sides["above" if a > b else "at or below"] += 1
+    assert min(sides.values()) > 0.3 * sum(sides.values()), sides
+
+
+def p_value(problem: dict, arg) -> int:
+    return next(n["value"] for n in problem["meta"]["graph"] if n["id"] == arg) if isinstance(arg, str) else arg
+
 
 def test_questions_vary():
     assert len({p["question"] for p in PROBLEMS}) >= 0.97 * len(PROBLEMS)
@@ -126,5 +150,11 @@ def test_evaluate_checks_references_and_ops():
     assert evaluate(graph)["v2"] == Fraction(5, 2)
     with pytest.raises(ValueError, match="before it is defined"):
         evaluate([{"id": "v1", "op": "add", "args": ["v2", 1], "value": 0}])
+    rules = [{"id": "v1", "op": "ceildiv", "args": [23, 6], "value": 4}, {"id": "v2", "op": "floordiv", "args": [23, 6], "value": 3},
+             {"id": "v3", "op": "over", "args": [4, 6], "value": 0}, {"id": "v4", "op": "lesser", "args": [9, 6], "value": 6},
+             {"id": "v5", "op": "if_gt", "args": [6, 6, 1, 2], "value": 2}, {"id": "v6", "op": "if_ge", "args": [6, 6, 1, 2], "value": 1}]
+    assert [evaluate(rules)[n["id"]] for n in rules] == [4, 3, 0, 6, 2, 1]
+    with pytest.raises(ValueError, match="needs 4 arguments"):
+        evaluate([{"id": "v1", "op": "if_gt", "args": [1, 2], "value": 0}])
     with pytest.raises(ValueError, match="unknown op"):
         evaluate([{"id": "v1", "op": "pow", "args": [2, 3], "value": 8}])

@@ -16,7 +16,14 @@ from shared_data import FIXTURES, shared  # noqa: E402
 
 def run_program(program: str) -> float:
     # Only programs these teachers generated from trusted annotations run here; model output goes to the sandbox.
-    namespace: dict = {"__builtins__": {}}
+    allowed = {"math"}
+
+    def importer(name, *args):
+        if name not in allowed:
+            raise ImportError(name)
+        return __import__(name, *args)
+
+    namespace: dict = {"__builtins__": {"min": min, "max": max, "__import__": importer}}
     exec(compile(program, "<teacher>", "exec"), namespace)
     return namespace["answer"]
 
@@ -39,6 +46,45 @@ def test_oracle_writes_every_strategy_correctly_for_every_family():
     for row in rows:
         assert set(row) == {"id", "answer", "strategy", "completion"}
         assert_correct(row)
+
+
+@pytest.mark.parametrize("family", ["piecewise", "round_up"])
+def test_new_families_verify_correct_for_every_strategy(family):
+    verify = pytest.importorskip("siked_runtime.verify")
+    problems = generate(60, seed=31, families=[family])
+    rows = list(oracle.teach(problems))
+    for row in rows:
+        assert_correct(row)
+    with verify.Verifier(pool_size=2) as verifier:
+        verdicts = verifier.verify([(r["answer"], r["completion"]) for r in rows])
+    assert [v.verdict for v in verdicts] == ["correct"] * len(rows)
+    assert {r["strategy"] for r in rows} == {"cot", "l2m", "pot"}
+
+
+def test_rules_differ_in_form_between_text_and_program():
+    # Text settles the case that applies; the program states the rule for every case.
+    graph = [
+        {"id": "v1", "op": "if_gt", "args": [14, 10, 2, 3], "value": 2, "text": "the price of one pen", "name": "price",
+         "inputs": {"0": "pens", "1": "threshold", "2": "bulk_price", "3": "regular_price"}},
+        {"id": "v2", "op": "mul", "args": [14, "v1"], "value": 28, "text": "the cost of the pens", "name": "cost",
+         "inputs": {"0": "pens"}},
+        {"id": "v3", "op": "ceildiv", "args": ["v2", 5], "value": 6, "text": "the number of bags", "name": "bags"},
+    ]
+    assert oracle.write_cot(graph) == (
+        "14 is more than 10, so the price of one pen is 2.\n"
+        "The cost of the pens is 14 * 2 = 28.\n"
+        "28 / 5 = 5 with 3 left over, so the number of bags is 6."
+    )
+    assert oracle.write_l2m(graph).splitlines()[1] == "A: 14 is more than 10, so it is 2."
+    program = oracle.write_pot(graph)
+    assert program == (
+        "import math\npens = 14\nthreshold = 10\nbulk_price = 2\nregular_price = 3\n"
+        "if pens > threshold:\n    price = bulk_price\nelse:\n    price = regular_price\n"
+        "cost = pens * price\nanswer = math.ceil(cost / 5)"
+    )
+    assert run_program(program) == 6
+    below = [{**graph[0], "args": [9, 10, 2, 3], "value": 3}]
+    assert oracle.write_cot(below) == "9 is not more than 10, so the price of one pen is 3."
 
 
 def test_oracle_formats():

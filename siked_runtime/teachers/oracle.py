@@ -6,12 +6,17 @@
     rows = list(oracle.teach(generate(500, seed=0), strategies=("cot", "l2m", "pot")))
     # {"id": "synth-0-0", "answer": "41", "strategy": "l2m", "completion": "[l2m]\\nQ: ...\\nA: ...\\nAnswer: 41"}
 
-One step per graph node, in graph order, for all three strategies, so the
-strategies differ in form and not in content:
+One step per graph node, in graph order, for all three strategies:
 
 * `cot`: "The number of stickers Maya buys is 3 * 12 = 36." per node;
 * `l2m`: "Q: What is the number of stickers Maya buys?" / "A: 3 * 12 = 36." per node;
 * `pot`: one variable per node named after the quantity, the last one `answer`.
+
+Rules with a branch or a rounding (the `piecewise` and `round_up` families) differ in form
+and length the way a model teacher's solutions do: text settles the one case that applies
+("14 is more than 10, so the price of one pen is 2."; "23 / 6 = 3 with 5 left over, so 4"),
+while the program states the givens as named variables and the rule for every case
+(`if … else`, `max`, `min`, `math.ceil`, `//`).
 """
 
 from __future__ import annotations
@@ -41,42 +46,125 @@ def _sentence_case(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+_RULES = ("ceildiv", "floordiv", "over", "lesser", "if_gt", "if_ge")
+
+
+def _settle(node: dict, numbers: dict[str, int], subject: str) -> str:
+    """How text settles a rule: the case that applies, then `subject` is its value."""
+    a, b, *rest = [numbers[x] if isinstance(x, str) else x for x in node["args"]]
+    op, value, fmt = node["op"], format_number(node["value"]), format_number
+    if op in ("ceildiv", "floordiv"):
+        q, r = divmod(a, b)
+        left = f" with {fmt(r)} left over" if r else ""
+        return f"{fmt(a)} / {fmt(b)} = {fmt(q)}{left}, so {subject} is {value}"
+    if op in ("if_gt", "if_ge"):
+        holds = a > b if op == "if_gt" else a >= b
+        case = (("is more than", "is not more than") if op == "if_gt" else ("is at least", "is less than"))[not holds]
+        return f"{fmt(a)} {case} {fmt(b)}, so {subject} is {value}"
+    if a > b:
+        tail = f"{fmt(a)} - {fmt(b)} = {value}" if op == "over" else value
+        return f"{fmt(a)} is more than {fmt(b)}, so {subject} is {tail}"
+    return f"{fmt(a)} is not more than {fmt(b)}, so {subject} is {value}"
+
+
 def write_cot(graph: list[dict]) -> str:
     values = {n["id"]: format_number(n["value"]) for n in graph}
+    numbers = {n["id"]: n["value"] for n in graph}
     return "\n".join(
-        f"{_sentence_case(n['text'])} is {_expression(n, values)} = {values[n['id']]}." for n in graph
+        _sentence_case(_settle(n, numbers, n["text"])) + "." if n["op"] in _RULES
+        else f"{_sentence_case(n['text'])} is {_expression(n, values)} = {values[n['id']]}." for n in graph
     )
 
 
 def write_l2m(graph: list[dict]) -> str:
     values = {n["id"]: format_number(n["value"]) for n in graph}
-    return "\n".join(f"Q: What is {n['text']}?\nA: {_expression(n, values)} = {values[n['id']]}." for n in graph)
+    numbers = {n["id"]: n["value"] for n in graph}
+    return "\n".join(
+        f"Q: What is {n['text']}?\nA: "
+        + (_sentence_case(_settle(n, numbers, "it")) + "." if n["op"] in _RULES
+           else f"{_expression(n, values)} = {values[n['id']]}.")
+        for n in graph
+    )
 
 
 _RESERVED = set(dir(builtins)) | {"answer", "solution"}
 
 
+def _identifier(text: str, fallback: str, taken: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    base = "_".join(base.split("_")[:4]) or fallback
+    if base[0].isdigit() or keyword.iskeyword(base) or base in _RESERVED:
+        base = f"n_{base}"
+    name, suffix = base, 2
+    while name in taken:
+        name, suffix = f"{base}_{suffix}", suffix + 1
+    taken.add(name)
+    return name
+
+
 def _variable_names(graph: list[dict]) -> dict[str, str]:
     """A distinct, valid Python name per node, from its `name` (or `text`)."""
-    names: dict[str, str] = {}
     taken: set[str] = set()
-    for position, node in enumerate(graph, start=1):
-        base = re.sub(r"[^a-z0-9]+", "_", str(node.get("name") or node.get("text") or "").lower()).strip("_")
-        base = "_".join(base.split("_")[:4]) or f"step{position}"
-        if base[0].isdigit() or keyword.iskeyword(base) or base in _RESERVED:
-            base = f"n_{base}"
-        name, suffix = base, 2
-        while name in taken:
-            name, suffix = f"{base}_{suffix}", suffix + 1
-        taken.add(name)
-        names[node["id"]] = name
-    return names
+    return {node["id"]: _identifier(str(node.get("name") or node.get("text") or ""), f"step{position}", taken)
+            for position, node in enumerate(graph, start=1)}
+
+
+def _input_names(graph: list[dict], taken: set[str]) -> tuple[dict[tuple[str, int], str], list[str]]:
+    """Names for the literals a node names in `inputs`: {(node id, position): name}, and the
+    assignments that state them, in order of first use (one variable per name and value)."""
+    names: dict[tuple[str, int], str] = {}
+    by_given: dict[tuple[str, object], str] = {}
+    lines = []
+    for node in graph:
+        for position, wanted in sorted((int(k), v) for k, v in (node.get("inputs") or {}).items()):
+            value = node["args"][position]
+            if isinstance(value, str):
+                continue
+            key = (wanted, value)
+            if key not in by_given:
+                by_given[key] = _identifier(wanted, "given", taken)
+                lines.append(f"{by_given[key]} = {format_number(value)}")
+            names[(node["id"], position)] = by_given[key]
+    return names, lines
+
+
+def _statement(node: dict, target: str, show) -> list[str]:
+    """The lines computing one node into `target`; `show(position)` renders an argument."""
+    op, n = node["op"], len(node["args"])
+    a, b = show(0), show(1)
+    if op in ("if_gt", "if_ge"):
+        compare = ">" if op == "if_gt" else ">="
+        return [f"if {a} {compare} {b}:", f"    {target} = {show(2)}", "else:", f"    {target} = {show(3)}"]
+    if op == "ceildiv":
+        return [f"{target} = math.ceil({a} / {b})"]
+    if op == "floordiv":
+        return [f"{target} = {a} // {b}"]
+    if op == "over":
+        return [f"{target} = max({a} - {b}, 0)"]
+    if op == "lesser":
+        return [f"{target} = min({a}, {b})"]
+    if op == "pct":
+        return [f"{target} = {a} * {b} / 100"]
+    if op not in _SYMBOLS:
+        raise ValueError(f"node {node['id']}: unknown op {op!r}")
+    return [f"{target} = " + _SYMBOLS[op].join(show(i) for i in range(n))]
 
 
 def write_pot(graph: list[dict]) -> str:
     names = _variable_names(graph)
-    lines = [f"{names[n['id']]} = {_expression(n, names)}" for n in graph[:-1]]
-    lines.append(f"answer = {_expression(graph[-1], names)}")
+    given, lines = _input_names(graph, set(names.values()))
+    if any(n["op"] == "ceildiv" for n in graph):
+        lines.insert(0, "import math")
+    for node in graph:
+        target = "answer" if node is graph[-1] else names[node["id"]]
+
+        def show(position: int, node=node) -> str:
+            arg = node["args"][position]
+            if isinstance(arg, str):
+                return names[arg]
+            return given.get((node["id"], position), format_number(arg))
+
+        lines += _statement(node, target, show)
     return "\n".join(lines)
 
 
