@@ -8,10 +8,20 @@ Pure functions. Rows are dicts with at least `id` (question), `strategy`,
     self      self only
     alpha     teacher rows subsampled (or self rows, when teacher rows run out) so
               that teacher rows / all rows ≈ α_t
+    teacher   teacher rows only (combined distillation continued: a baseline)
 
 α (teacher rows / all rows) is recorded for every policy: over iterations it shows
 the training data moving from the teacher's distribution towards the student's.
 Subsampling is deterministic: rows are ordered by a hash of (seed, id, completion).
+
+A self row identical to a teacher row (a *reproduction*) is kept beside it and
+counted: the student's verbatim reproductions are what shift the mix towards its
+own choice of strategy. Rows without a strategy tag are never trained on.
+
+`priority` is the SIKeD authors' lineage: one row per question, the first strategy
+of the order that has one ("if both CoT and PoT are sampled correctly, our biased
+strategy choice is PoT"), applied to teacher data and after every mixing; within a
+strategy the student's own row wins.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-POLICIES = ("all", "adaptive", "self", "alpha")
+POLICIES = ("all", "adaptive", "self", "alpha", "teacher")
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,8 @@ class Mix:
     rows: list[dict]
     teacher_rows: int
     self_rows: int
+    reproductions: int = 0   # self rows kept that repeat a teacher row of the same question
+    untagged: int = 0        # rows dropped for having no strategy tag
 
     @property
     def alpha(self) -> float | None:
@@ -79,6 +91,24 @@ def cap_per_question(rows: list[dict], cap: int, seed: int) -> list[dict]:
     return [r for r in rows if id(r) in keep]
 
 
+def by_priority(rows: list[dict], order: list[str], seed: int = 0) -> list[dict]:
+    """One row per question: the first strategy of `order` it has (strategies not listed come
+    after, in the order given by STRATEGIES' position in `rows`), the student's own row first
+    within a strategy, then a hash of (seed, id, completion). Row order is kept."""
+    rank = {s: i for i, s in enumerate(order)}
+
+    def key(row: dict):
+        return (rank.get(row.get("strategy"), len(rank)), row.get("source") != "self", _rank(row, seed))
+
+    best: dict[str, dict] = {}
+    for row in rows:
+        current = best.get(row["id"])
+        if current is None or key(row) < key(current):
+            best[row["id"]] = row
+    keep = {id(r) for r in best.values()}
+    return [r for r in rows if id(r) in keep]
+
+
 def _subsample(rows: list[dict], n: int, seed: int) -> list[dict]:
     if n >= len(rows):
         return list(rows)
@@ -109,14 +139,21 @@ def mix(
     dedup: bool = True,
     max_per_question: int | None = None,
     seed: int = 0,
+    priority: list[str] | None = None,
 ) -> Mix:
     """One iteration's training rows from teacher rows and the student's own correct rows."""
     if policy not in POLICIES:
         raise ValueError(f"unknown mixing policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    tagged_teacher = [r for r in teacher if r.get("strategy")]
+    tagged_own = [r for r in own if r.get("strategy")]
+    untagged = len(teacher) + len(own) - len(tagged_teacher) - len(tagged_own)
+    teacher, own = tagged_teacher, tagged_own
     if dedup:
         teacher, own = dedupe(teacher), dedupe(own)
     if policy == "all":
         chosen_teacher, chosen_self = teacher, own
+    elif policy == "teacher":
+        chosen_teacher, chosen_self = teacher, []
     elif policy == "adaptive":
         solved = {r["id"] for r in own}
         chosen_teacher, chosen_self = [r for r in teacher if r["id"] not in solved], own
@@ -128,9 +165,12 @@ def mix(
         n_teacher, n_self = alpha_counts(len(teacher), len(own), alpha)
         chosen_teacher, chosen_self = _subsample(teacher, n_teacher, seed), _subsample(own, n_self, seed + 1)
     rows = [{**r, "source": "teacher"} for r in chosen_teacher] + [{**r, "source": "self"} for r in chosen_self]
-    if dedup:
-        rows = dedupe(rows)  # a self sample identical to a teacher row counts once, as teacher
+    if priority:
+        rows = by_priority(rows, priority, seed)
     if max_per_question is not None:
         rows = cap_per_question(rows, max_per_question, seed)
     n_teacher = sum(r["source"] == "teacher" for r in rows)
-    return Mix(rows=rows, teacher_rows=n_teacher, self_rows=len(rows) - n_teacher)
+    teacher_keys = {(r["id"], _normalise(r["completion"])) for r in rows if r["source"] == "teacher"}
+    reproductions = sum(r["source"] == "self" and (r["id"], _normalise(r["completion"])) in teacher_keys for r in rows)
+    return Mix(rows=rows, teacher_rows=n_teacher, self_rows=len(rows) - n_teacher, reproductions=reproductions,
+               untagged=untagged)

@@ -55,6 +55,7 @@ class MixingPolicy(str, Enum):
     adaptive = "adaptive"
     self = "self"
     alpha = "alpha"
+    teacher = "teacher"
 
 
 class Finetune(str, Enum):
@@ -228,7 +229,12 @@ class IterationsSpec(Spec):
         2, ge=1, le=256, description="Keep at most this many correct self-samples per question (m)."
     )
     adaptive_budget: bool = Field(
-        True, description="Stop sampling a question once it has m correct samples; spend the budget elsewhere."
+        True, description="Sample one at a time and stop a question once it has m correct samples; spend the budget "
+        "saved on questions with some but fewer than m correct (up to 2k each).",
+    )
+    give_up_after: int | None = Field(
+        None, ge=1, le=256, description="With adaptiveBudget, stop sampling a question after this many samples without "
+        "a correct one (unset: k, the same effort as fixed k).",
     )
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec, description="Early stopping.")
     target_accuracy: float | None = Field(
@@ -243,14 +249,20 @@ class SamplingSpec(Spec):
     backend: SamplerBackend = Field(SamplerBackend.transformers, description="Generation backend.")
     batch_size: int = Field(32, ge=1, le=65536, description="Prompts per generation batch.")
     max_new_tokens: int = Field(256, ge=8, le=32768, description="Token limit per sampled solution.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold (the paper's: 0.95).")
 
 
 class MixingSpec(Spec):
     policy: MixingPolicy = Field(
         MixingPolicy.all,
         description="`all` teacher ∪ self; `adaptive` self ∪ teacher rows of unsolved questions; `self` self only; "
-        "`alpha` teacher rows subsampled to the scheduled share α.",
+        "`alpha` teacher rows subsampled to the scheduled share α; `teacher` teacher rows only (combined distillation "
+        "continued, a baseline: no sampling).",
+    )
+    priority: list[str] | None = Field(
+        None, description="Keep one row per question, the first strategy of this order that has one (the paper's "
+        "lineage, e.g. [pot, cot, l2m]), for teacher data and after every mixing; the student's own row wins within a "
+        "strategy. Unset: every row.",
     )
     alpha_schedule: list[Probability] = Field(
         default_factory=list,
@@ -258,6 +270,18 @@ class MixingSpec(Spec):
     )
     dedupe: bool = Field(True, description="Drop duplicate (question, completion) rows.")
     max_per_question: int | None = Field(None, ge=1, description="Cap on training rows per question.")
+
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for i, s in enumerate(v):
+            if s not in STRATEGIES:
+                raise ValueError(f"[{i}] unknown strategy {s!r}; expected one of {', '.join(STRATEGIES)}")
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must list strategies once each, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _schedule(self) -> MixingSpec:

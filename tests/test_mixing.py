@@ -79,10 +79,48 @@ def test_dedupe_ignores_whitespace_and_keeps_first():
     assert dedupe([a, b, c]) == [a, c]
 
 
-def test_self_sample_equal_to_teacher_row_counts_once_as_teacher():
-    dup = {**TEACHER[0]}
-    m = mix(TEACHER, [dup], "all")
-    assert (m.teacher_rows, m.self_rows) == (8, 0)
+def test_reproductions_of_teacher_rows_are_kept_and_counted():
+    # Two verbatim reproductions (one with other whitespace) and one new solution.
+    own = [{**TEACHER[0]}, {**TEACHER[5], "completion": TEACHER[5]["completion"].replace(" ", "  ")},
+           {"id": "q1", "strategy": "pot", "completion": "[pot] new"}]
+    m = mix(TEACHER, own, "all")
+    assert (m.teacher_rows, m.self_rows, m.reproductions) == (8, 3, 2)
+    assert sum(r["completion"] == TEACHER[0]["completion"] for r in m.rows) == 2
+    assert mix(TEACHER, own, "adaptive").reproductions == 0  # solved questions lose their teacher rows
+    # the student repeating itself is still one row
+    assert mix(TEACHER, [own[2], {**own[2]}], "all").self_rows == 1
+
+
+def test_untagged_rows_are_never_trained_on():
+    own = [{"id": "q1", "strategy": None, "completion": "42"}, {"id": "q2", "strategy": "cot", "completion": "[cot] x"}]
+    m = mix(TEACHER + [{"id": "q3", "strategy": "", "completion": "7"}], own, "all")
+    assert m.untagged == 2 and (m.teacher_rows, m.self_rows) == (8, 1)
+    assert all(r["strategy"] for r in m.rows)
+
+
+def test_teacher_policy_ignores_self_rows():
+    m = mix(TEACHER, SELF, "teacher")
+    assert (m.teacher_rows, m.self_rows, m.alpha) == (8, 0, 1.0)
+
+
+def test_priority_keeps_one_row_per_question_in_the_given_order():
+    # q1: teacher cot/l2m/pot, self pot pot; q2: teacher cot/l2m/pot; q3: teacher cot/pot, self cot
+    m = mix(TEACHER, SELF, "all", priority=["pot", "cot", "l2m"])
+    assert [(r["id"], r["strategy"], r["source"]) for r in m.rows] == [
+        ("q2", "pot", "teacher"), ("q3", "pot", "teacher"), ("q1", "pot", "self")]
+    m = mix(TEACHER, SELF, "all", priority=["cot", "pot"])
+    assert {r["id"]: (r["strategy"], r["source"]) for r in m.rows} == {
+        "q1": ("cot", "teacher"), "q2": ("cot", "teacher"), "q3": ("cot", "self")}
+    assert (m.teacher_rows, m.self_rows) == (2, 1)
+    # teacher data alone (iteration 0): one row per question
+    assert [(r["id"], r["strategy"]) for r in mix(TEACHER, [], "all", priority=["l2m", "pot", "cot"]).rows] == [
+        ("q1", "l2m"), ("q2", "l2m"), ("q3", "pot")]
+    # a strategy missing from the order comes last
+    assert {r["id"]: r["strategy"] for r in mix(TEACHER, [], "all", priority=["l2m"]).rows}["q3"] in ("cot", "pot")
+    # adaptive, then priority: solved questions keep their own rows only
+    m = mix(TEACHER, SELF, "adaptive", priority=["cot", "l2m", "pot"])
+    assert {r["id"]: (r["strategy"], r["source"]) for r in m.rows} == {
+        "q1": ("pot", "self"), "q2": ("cot", "teacher"), "q3": ("cot", "self")}
 
 
 def test_cap_per_question_round_robins_strategies():

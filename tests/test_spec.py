@@ -85,7 +85,7 @@ INVALID = [
     ({"strategies": []}, "spec.strategies", "at least 1"),
     ({"mixing": {"policy": "alpha", "alphaSchedule": [0.9, 1.4]}}, "spec.mixing.alphaSchedule[1]", "1.4"),
     ({"mixing": {"policy": "alpha"}}, "spec.mixing.alphaSchedule", "required"),
-    ({"mixing": {"policy": "sometimes"}}, "spec.mixing.policy", "'all', 'adaptive', 'self' or 'alpha'"),
+    ({"mixing": {"policy": "sometimes"}}, "spec.mixing.policy", "'all', 'adaptive', 'self', 'alpha' or 'teacher'"),
     ({"student": None}, "spec.student", "valid dictionary"),
     ({"student": {"finetune": "lora"}}, "spec.student.model", "required"),
     ({"storage": {"uri": "ftp://host/x"}}, "spec.storage.uri", "file:// or s3://"),
@@ -162,7 +162,7 @@ def test_schema_is_structural():
     props = schema["properties"]
     assert schema["required"] == ["student"]
     assert props["iterations"]["properties"]["max"]["minimum"] == 0
-    assert props["mixing"]["properties"]["policy"]["enum"] == ["all", "adaptive", "self", "alpha"]
+    assert props["mixing"]["properties"]["policy"]["enum"] == ["all", "adaptive", "self", "alpha", "teacher"]
     assert props["mixing"]["properties"]["alphaSchedule"]["items"]["maximum"] == 1.0
     assert props["storage"]["properties"]["uri"]["nullable"] is True
     lr = props["training"]["properties"]["learningRate"]

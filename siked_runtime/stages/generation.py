@@ -37,11 +37,14 @@ class StudentGenerator:
         log(f"{self._what}: {done}/{total} sequences, {self._batch_tokens} tokens ({self._batch_tokens / elapsed:.0f} tok/s)")
 
     def generate(self, questions: list[str], n: int, temperature: float, max_new_tokens: int, what: str,
-                 seed: int = 0) -> list[list[str]]:
+                 seed: int = 0, prefill: str = "") -> list[list[str]]:
+        """n completions per question; `prefill` starts the answer (e.g. a forced strategy tag) and is
+        part of each completion returned."""
         self._what, self._start, self._batch_tokens = what, time.perf_counter(), 0
-        return self.sampler.generate([self._format(q) for q in questions], n=n, temperature=temperature,
-                                     max_new_tokens=max_new_tokens,
-                                     top_p=self.spec.sampling.top_p if temperature > 0 else 1.0, seed=seed)
+        out = self.sampler.generate([self._format(q) + prefill for q in questions], n=n, temperature=temperature,
+                                    max_new_tokens=max_new_tokens,
+                                    top_p=self.spec.sampling.top_p if temperature > 0 else 1.0, seed=seed)
+        return [[prefill + c for c in cs] for cs in out] if prefill else out
 
     def close(self) -> None:
         self.sampler.close()

@@ -1,21 +1,28 @@
 """Stage `sample[t]`: the student (model t-1) solves the training questions itself.
 
-It picks its own strategy (the prompt does not force one). Only verified-correct
-samples are kept, at most m distinct ones per question. With `adaptiveBudget`
-sampling runs in rounds: a question leaves the pool once it has m correct
-samples, and the budget it saved goes to unsolved questions (up to 2k each).
-Writes `iter-NNN/sample/correct.jsonl.gz` and `iter-NNN/sample/all.jsonl.gz`.
+It picks its own strategy (the prompt does not force one). Only verified-correct samples
+that carry a strategy tag are kept, at most m distinct ones per question. Without
+`adaptiveBudget` every question gets exactly k samples in one round. With it, sampling
+runs in rounds of one sample per question still open:
+
+* a question closes once it has m correct samples (the budget it did not use is saved);
+* a question with no correct sample after `giveUpAfter` samples (default k) is given up;
+* a question with some, but fewer than m, correct samples — where another correct one is
+  likely — may go on to 2k samples while the saved budget lasts.
+
+The total never exceeds k × questions. Writes `iter-NNN/sample/correct.jsonl.gz` and
+`iter-NNN/sample/all.jsonl.gz`; the manifest records k, m, temperature and top-p. Under
+the `teacher` mixing policy (a baseline) nothing is sampled.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 
 from siked_runtime.graph import SAMPLE, TRAIN, StageKey
 from siked_runtime.scoring import strategy_shares
-from siked_runtime.spec import DistillationSpec
+from siked_runtime.spec import DistillationSpec, IterationsSpec
 from siked_runtime.stages.common import local_model, log
 from siked_runtime.stages.data import train_questions
 from siked_runtime.stages.generation import StudentGenerator
@@ -35,24 +42,51 @@ def plan_round(pending: dict[str, int], budget_left: int, per_round: int) -> dic
     return out
 
 
+def open_questions(it: IterationsSpec, drawn: dict[str, int], correct: dict[str, int],
+                   questions: list[str]) -> dict[str, int]:
+    """{question: samples it may still draw} for the adaptive budget (see the module docstring).
+    Questions with a correct sample come first: the saved budget goes where success is likely."""
+    k, m = it.samples_per_question, it.max_correct_per_question
+    give_up = it.give_up_after or k
+    out = {}
+    for q in sorted(questions, key=lambda q: (correct[q] == 0, drawn[q])):
+        if correct[q] >= m:
+            continue
+        limit = 2 * k if correct[q] else give_up
+        if drawn[q] < limit:
+            out[q] = limit - drawn[q]
+    return out
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
     start = time.perf_counter()
     it = spec.iterations
     model = local_model(store, StageKey(TRAIN, iteration - 1).prefix)
     records = {r["id"]: r for r in train_questions(spec)}
     k, m = it.samples_per_question, it.max_correct_per_question
-    budget = k * len(records)
-    # Without the adaptive budget every question gets exactly k samples in one round.
-    per_round = max(1, math.ceil(k / 2)) if it.adaptive_budget else k
-    cap = 2 * k if it.adaptive_budget else k
+    budget = k * len(records) if spec.mixing.policy != "teacher" else 0
+    per_round = 1 if it.adaptive_budget else k
     drawn: dict[str, int] = defaultdict(int)
     correct: dict[str, list[dict]] = defaultdict(list)
     seen: dict[str, set] = defaultdict(set)
     all_rows: list[dict] = []
-    rounds = 0
-    with StudentGenerator(spec, model, spec.sampling.batch_size) as gen:
+    rounds, tokens = 0, 0
+    if budget == 0:
+        log(f"sample[{iteration}]: mixing policy {spec.mixing.policy.value}, nothing to sample")
+    with StudentGenerator(spec, model, spec.sampling.batch_size) if budget else _Nothing() as gen:
         while budget > 0:
-            pending = {q: cap - drawn[q] for q in records if len(correct[q]) < m and drawn[q] < cap}
+            if it.adaptive_budget:
+                pending = open_questions(it, drawn, {q: len(correct[q]) for q in records}, list(records))
+            else:
+                pending = {q: k - drawn[q] for q in records if drawn[q] < k}
             if not pending:
                 break
             round_plan = plan_round(pending, budget, per_round)
@@ -71,7 +105,9 @@ def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
                     row["round"] = rounds
                     all_rows.append(row)
                     key = " ".join(row["completion"].split())
-                    if row["verdict"] == "correct" and len(correct[row["id"]]) < m and key not in seen[row["id"]]:
+                    # An untagged completion graded by its last number is never a training row.
+                    if (row["verdict"] == "correct" and row.get("strategy") and len(correct[row["id"]]) < m
+                            and key not in seen[row["id"]]):
                         seen[row["id"]].add(key)
                         correct[row["id"]].append(row)
                 for q in qids:
@@ -80,7 +116,7 @@ def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
             rounds += 1
             solved = sum(1 for q in records if correct[q])
             log(f"sample[{iteration}]: round {rounds}, {solved}/{len(records)} questions solved, budget left {budget}")
-        tokens = gen.tokens
+        tokens = gen.tokens if gen is not None else 0
     kept = [row for q in records for row in correct[q]]
     prefix = StageKey(SAMPLE, iteration).prefix
     store.write_jsonl(f"{prefix}/all.jsonl.gz", all_rows)
@@ -88,9 +124,12 @@ def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
     n_correct = sum(r["verdict"] == "correct" for r in all_rows)
     return {
         "iteration": iteration,
+        "k": k, "m": m, "temperature": it.temperature, "top_p": spec.sampling.top_p,
+        "adaptive_budget": it.adaptive_budget, "give_up_after": (it.give_up_after or k) if it.adaptive_budget else None,
         "questions": len(records),
         "samples": len(all_rows),
         "correct_samples": n_correct,
+        "untagged_correct": sum(r["verdict"] == "correct" and not r.get("strategy") for r in all_rows),
         "rows": len(kept),
         "questions_solved": sum(1 for q in records if correct[q]),
         "sample_accuracy": n_correct / len(all_rows) if all_rows else None,

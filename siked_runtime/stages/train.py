@@ -39,7 +39,8 @@ def training_rows(spec: DistillationSpec, store: Store, iteration: int):
     else:
         policy = "all"
     mixed = mix(teacher, own, policy, alpha=spec.alpha_for(iteration), dedup=spec.mixing.dedupe,
-                max_per_question=spec.mixing.max_per_question, seed=spec.seed + iteration)
+                max_per_question=spec.mixing.max_per_question, seed=spec.seed + iteration,
+                priority=spec.mixing.priority)
     questions = {r["id"]: r["question"] for r in train_questions(spec)}
     rows = [{**r, "prompt": build_prompt(questions[r["id"]])} for r in mixed.rows if r["id"] in questions]
     return rows, mixed
@@ -78,6 +79,8 @@ def run_train(spec: DistillationSpec, store: Store, iteration: int) -> dict:
         "rows": len(rows),
         "teacher_rows": mixed.teacher_rows,
         "self_rows": mixed.self_rows,
+        "reproductions": mixed.reproductions,
+        "untagged_dropped": mixed.untagged,
         "alpha": mixed.alpha,
         "scheduled_alpha": spec.alpha_for(iteration),
         "strategy_shares": strategy_shares(rows),
