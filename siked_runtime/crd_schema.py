@@ -51,6 +51,10 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
         out.pop("default")
     if out.get("type") == "object" and "additionalProperties" in out and out["additionalProperties"] is False:
         out.pop("additionalProperties")
+    if out.get("type") == "object" and out.get("additionalProperties") is True:
+        # A Kubernetes object fragment (a Volume, an Affinity): kept as written, checked by the API server.
+        out.pop("additionalProperties")
+        out["x-kubernetes-preserve-unknown-fields"] = True
     return out
 
 

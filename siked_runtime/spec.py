@@ -86,6 +86,35 @@ class DatasetFormat(str, Enum):
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why `value` cannot be a Kubernetes label value (None when it can)."""
+    if len(value) > 63 or not _LABEL_VALUE.match(value):
+        return (f"must be a label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a "
+                f"letter or digit), got {value!r}")
+    return None
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why `key` cannot be a label or annotation key: an optional DNS-1123 subdomain prefix and a name."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"key prefix must be a DNS-1123 subdomain, got {key!r}"
+    if len(name) > 63 or not _LABEL_NAME.match(name):
+        return f"key must be a name of at most 63 letters, digits, '-', '_' or '.' (optionally prefix/name), got {key!r}"
+    return None
+
+
+def _check_labels(labels: dict[str, str] | None, values: bool = True) -> dict[str, str] | None:
+    for key, value in (labels or {}).items():
+        problem = label_key_problem(key) or (label_value_problem(value) if values else None)
+        if problem:
+            raise ValueError(problem)
+    return labels
 _URI = re.compile(r"^(file://|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$))")
 
 
@@ -379,14 +408,32 @@ class ResourceSpec(Spec):
     node_selector: dict[str, str] | None = Field(None, description="Node labels the Job's pods must match.")
     tolerations: list[Toleration] | None = Field(None, description="Tolerations for tainted (e.g. GPU) nodes.")
     priority_class_name: str | None = Field(None, description="PriorityClass of the Job's pods.")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
+    queue_name: str | None = Field(
+        None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).",
+        json_schema_extra={"maxLength": 63, "pattern": _LABEL_VALUE.pattern})
+    ephemeral_storage: str | None = Field(
+        None, description="Local disk per stage Job, a Kubernetes quantity: the container's ephemeral-storage "
+                          "request and limit, and the size of its /scratch volume.")
 
-    @field_validator("cpu", "memory")
+    @field_validator("cpu", "memory", "ephemeral_storage")
     @classmethod
     def _quantity(cls, v: str | None) -> str | None:
         if v is not None and not _QUANTITY.match(v):
             raise ValueError(f"must be a Kubernetes quantity such as '4', '500m' or '16Gi', got {v!r}")
         return v
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue(cls, v: str | None) -> str | None:
+        problem = None if v is None else label_value_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_labels(v)
 
 
 class ResourcesSpec(Spec):
@@ -403,6 +450,72 @@ class ResourcesSpec(Spec):
             return self.default
         merged = self.default.model_dump(exclude_none=True) | overrides.model_dump(exclude_none=True)
         return ResourceSpec(**merged)
+
+
+Manifest = dict[str, Any]  # a Kubernetes object fragment, checked by the API server (e.g. a Volume)
+
+
+class PodOverrides(Spec):
+    labels: dict[str, str] | None = Field(None, description="Labels of the stage pods.")
+    annotations: dict[str, str] | None = Field(None, description="Annotations of the stage pods (e.g. Istio's).")
+    env: list[Manifest] | None = Field(None, description="Extra environment variables (Kubernetes EnvVar).")
+    volumes: list[Manifest] | None = Field(None, description="Extra pod volumes (Kubernetes Volume), e.g. a PVC cache.")
+    volume_mounts: list[Manifest] | None = Field(
+        None, description="Where the stage container mounts them (Kubernetes VolumeMount).")
+    image_pull_secrets: list[str] | None = Field(None, description="Secrets for pulling the stage image.")
+    affinity: Manifest | None = Field(None, description="Pod affinity (Kubernetes Affinity).")
+    runtime_class_name: str | None = Field(None, description="RuntimeClass of the stage pods (e.g. `nvidia`).")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_labels(v)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_labels(v, values=False)
+
+    @field_validator("env", "volumes", "volume_mounts")
+    @classmethod
+    def _named(cls, v: list[Manifest] | None) -> list[Manifest] | None:
+        for i, item in enumerate(v or []):
+            if not isinstance(item.get("name"), str) or not item["name"]:
+                raise ValueError(f"[{i}] needs a name, got {item!r}")
+        return v
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_names(cls, v: list[Manifest] | None) -> list[Manifest] | None:
+        for i, item in enumerate(v or []):
+            if not _DNS_LABEL.match(item["name"]) or len(item["name"]) > 63:
+                raise ValueError(f"[{i}].name must be a DNS-1123 label, got {item['name']!r}")
+            if item["name"] in ("scratch", "dshm", "tmp"):
+                raise ValueError(f"[{i}].name {item['name']!r} is the stage's own volume")
+        return v
+
+    @field_validator("image_pull_secrets", "runtime_class_name")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        for name in [v] if isinstance(v, str) else v or []:
+            if not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+                raise ValueError(f"must be DNS-1123 names, got {name!r}")
+        return v
+
+
+class PodTemplateSpec(PodOverrides):
+    stages: dict[str, PodOverrides] | None = Field(
+        None, description="Per-stage additions (teacher, sample, train, eval, …) on top of the fields above.")
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: dict[str, PodOverrides] | None) -> dict[str, PodOverrides] | None:
+        from siked_runtime.graph import STAGES
+
+        for stage in v or {}:
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        return v
 
 
 class StorageSpec(Spec):
@@ -458,9 +571,15 @@ class DistillationSpec(Spec):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Where artifacts live.")
     image: str | None = Field(None, description="Container image of stage Jobs (the operator's default when unset).")
     image_pull_policy: str | None = Field(None, description="`Always`, `IfNotPresent` or `Never`.")
-    suspend: bool = Field(False, description="Pause the run: no new stage Jobs start until unset.")
+    pod_template: PodTemplateSpec = Field(
+        default_factory=PodTemplateSpec, description="Additions to every stage pod (and per stage).")
+    suspend: bool = Field(
+        False, description="Pause the run: the running stage Job is deleted (its GPUs freed) and restarts on resume.")
     backoff_limit: int = Field(3, ge=0, le=100, description="Retries of a failed stage Job before the run fails.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit for the whole run.")
+    pending_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the run when a stage's pod has not started this long after its Job was "
+                                "admitted (unschedulable, image pull, missing Secret), with the pod's reason.")
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete finished stage Jobs after this.")
     seed: int = Field(0, ge=0, description="Seed for splits, sampling and training.")
 
@@ -510,15 +629,23 @@ class DistillationSpec(Spec):
 
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=253)
     namespace: str | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _DNS_LABEL.match(v):
-            raise ValueError(f"must be a DNS-1123 label (lowercase letters, digits, '-'), got {v!r}")
+        if not _DNS_SUBDOMAIN.match(v):
+            raise ValueError(f"must be a DNS-1123 subdomain (lowercase letters, digits, '-', '.'), got {v!r}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _labels(cls, data: Any) -> Any:
+        # Labels stay an extra field (a manifest without them dumps without them), but must be valid.
+        if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+            _check_labels(data["labels"])
+        return data
 
 
 class DistillationRun(BaseModel):

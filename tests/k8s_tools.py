@@ -50,6 +50,16 @@ import jsonpointer
 import kmock
 import urllib3
 import yaml
+from k8s_admission import (  # noqa: F401 - re-exported for the tests
+    DNS_SUBDOMAIN,
+    LABEL_VALUE,
+    admit,
+    merge_patch,
+    prune,
+    pruned,
+    psa_restricted_violations,
+    selector_matches,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -145,27 +155,6 @@ def _json_path(obj: Any, path: str) -> Any:
 
 
 _SERVING: contextvars.ContextVar[kmock.Request] = contextvars.ContextVar("serving")
-
-
-def pruned(document: Any, node: dict[str, Any], path: str = "") -> list[str]:
-    """Fields kube-apiserver would silently drop from `document`: not in the structural schema's properties."""
-    if node.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    out = []
-    if isinstance(document, dict) and node.get("type") == "object":
-        props = node.get("properties")
-        extra = node.get("additionalProperties")
-        for key, value in document.items():
-            if props is not None and key in props:
-                out += pruned(value, props[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                out += pruned(value, extra, f"{path}.{key}")
-            elif props is not None and key != "metadata":
-                out.append(f"{path}.{key}")
-    elif isinstance(document, list) and isinstance(node.get("items"), dict):
-        for i, item in enumerate(document):
-            out += pruned(item, node["items"], f"{path}[{i}]")
-    return out
 
 
 @attrs.define(kw_only=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from siked_operator.config import Config
 from siked_operator.jobs import (
@@ -18,7 +21,10 @@ from siked_operator.jobs import (
 )
 
 from siked_runtime.graph import StageKey
-from siked_runtime.spec import ResourceSpec, load_manifest, validate_spec
+from siked_runtime.spec import ResourceSpec, SpecError, load_manifest, validate_spec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from k8s_tools import psa_restricted_violations  # noqa: E402
 
 RUN = {
     "apiVersion": "siked.io/v1alpha1",
@@ -52,6 +58,17 @@ def test_job_names_are_deterministic():
     assert job_name("gsm8k", StageKey("eval", 12), attempt=2) == "gsm8k-it12-eval-r2"
 
 
+@pytest.mark.parametrize("name", ["a" * 55 + ".b.c", "exp.2026-01." + "x" * 50, "a" * 53 + "-.-" + "b" * 10])
+def test_shortened_names_stay_dns_1123_and_label_values(name):
+    from k8s_tools import DNS_SUBDOMAIN, LABEL_VALUE
+
+    for key in (StageKey("train", 12), StageKey("teacher-eval")):
+        for attempt in (0, 7):
+            job = job_name(name, key, attempt)
+            assert len(job) <= 63 and DNS_SUBDOMAIN.match(job) and LABEL_VALUE.match(job), job
+    assert LABEL_VALUE.match(run_label(name)) and len(run_label(name)) <= 63
+
+
 def test_long_run_names_are_shortened_uniquely():
     a, b = "x" * 60 + "-alpha", "x" * 60 + "-beta"
     names = {job_name(n, StageKey("sample", 10), attempt=3) for n in (a, b)}
@@ -76,7 +93,7 @@ def test_job_runs_the_stage_entrypoint_with_labels_and_owner():
     assert meta["annotations"][RUN_ANNOTATION] == "gsm8k"
     [owner] = meta["ownerReferences"]
     assert owner == {"apiVersion": "siked.io/v1alpha1", "kind": "DistillationRun", "name": "gsm8k",
-                     "uid": "0f6c-uid", "controller": True, "blockOwnerDeletion": True}
+                     "uid": "0f6c-uid", "controller": True}
     c = container(job)
     assert c["command"] == ["siked", "stage"]
     assert c["args"] == ["train", "--run-uri", URI, "--iteration", "1"]
@@ -86,6 +103,90 @@ def test_job_runs_the_stage_entrypoint_with_labels_and_owner():
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["metadata"]["labels"][RUN_LABEL] == "gsm8k" and pod["metadata"]["labels"]["team"] == "math"
     assert "activeDeadlineSeconds" not in job["spec"]
+
+
+def test_disruptions_are_ignored_and_exit_codes_decide():
+    from siked_jobs import EXIT_PERMANENT, EXIT_RETRYABLE
+
+    rules = build_stage_job(RUN, StageKey("train", 0), spec(), CONFIG, run_uri=URI)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    actions = {r["action"]: r["onExitCodes"]["values"] for r in rules[1:]}
+    assert actions == {"FailJob": [EXIT_PERMANENT], "Count": [EXIT_RETRYABLE]}
+    assert all(r["onExitCodes"]["containerName"] == "stage" for r in rules[1:])
+
+
+def test_stage_pods_pass_pod_security_restricted():
+    s = spec(resources={"train": {"gpus": 2, "ephemeralStorage": "500Gi"}},
+             podTemplate={"volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "hf-cache"}}],
+                          "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]})
+    for key in (StageKey("teacher"), StageKey("train", 1), StageKey("export")):
+        pod = build_stage_job(RUN, key, s, CONFIG, run_uri=URI)["spec"]["template"]["spec"]
+        assert psa_restricted_violations(pod) == [], key
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        # Every writable place is an emptyDir with a size limit.
+        empty = {v["name"]: v["emptyDir"] for v in pod["volumes"] if "emptyDir" in v}
+        assert set(empty) == {"scratch", "dshm", "tmp"} and all(e.get("sizeLimit") for e in empty.values())
+    train = build_stage_job(RUN, StageKey("train", 1), s, CONFIG, run_uri=URI)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in train["volumes"]}["scratch"]["emptyDir"]["sizeLimit"] == "500Gi"
+    assert train["containers"][0]["resources"]["limits"]["ephemeral-storage"] == "500Gi"
+    # The checker does catch what the restricted profile forbids.
+    bad = dict(train, securityContext={}, containers=[dict(train["containers"][0], securityContext={})])
+    assert len(psa_restricted_violations(bad)) >= 4
+
+
+def test_chart_can_replace_the_security_contexts():
+    config = Config(pod_security_context={"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"},
+                                          "fsGroup": 2000},
+                    container_security_context={"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}})
+    pod = build_stage_job(RUN, StageKey("teacher"), spec(), config, run_uri=URI)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["fsGroup"] == 2000
+    assert "readOnlyRootFilesystem" not in pod["containers"][0]["securityContext"]
+
+
+def test_pod_template_and_per_stage_overrides():
+    s = spec(podTemplate={
+        "labels": {"team": "math"}, "annotations": {"sidecar.istio.io/inject": "false"},
+        "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}], "imagePullSecrets": ["registry"],
+        "runtimeClassName": "nvidia",
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}},
+        "stages": {"train": {"labels": {"kind": "train"}, "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+                             "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "c"}}],
+                             "volumeMounts": [{"name": "cache", "mountPath": "/cache"}]}},
+    })
+    train = build_stage_job(RUN, StageKey("train", 0), s, CONFIG, run_uri=URI)
+    teacher = build_stage_job(RUN, StageKey("teacher"), s, CONFIG, run_uri=URI)
+    meta, pod = train["spec"]["template"]["metadata"], train["spec"]["template"]["spec"]
+    assert meta["labels"]["team"] == "math" and meta["labels"]["kind"] == "train"
+    assert meta["labels"][RUN_LABEL] == "gsm8k"  # ours win
+    assert meta["annotations"]["sidecar.istio.io/inject"] == "false" and meta["annotations"][RUN_ANNOTATION]
+    assert env(train)["HF_HUB_OFFLINE"] == "1" and env(train)["NCCL_DEBUG"] == "WARN"
+    assert "NCCL_DEBUG" not in env(teacher) and env(teacher)["HF_HUB_OFFLINE"] == "1"
+    assert pod["imagePullSecrets"] == [{"name": "registry"}] and pod["runtimeClassName"] == "nvidia"
+    assert pod["affinity"]["nodeAffinity"]
+    assert {"name": "cache", "mountPath": "/cache"} in container(train)["volumeMounts"]
+    assert "cache" not in {v["name"] for v in teacher["spec"]["template"]["spec"]["volumes"]}
+
+
+@pytest.mark.parametrize("bad, where", [
+    ({"resources": {"default": {"queueName": "team a"}}}, "spec.resources.default.queueName"),
+    ({"resources": {"train": {"nodeSelector": {"pool": "gpu/a100"}}}}, "spec.resources.train.nodeSelector"),
+    ({"podTemplate": {"labels": {"-x": "y"}}}, "spec.podTemplate.labels"),
+    ({"podTemplate": {"volumes": [{"name": "scratch", "emptyDir": {}}]}}, "spec.podTemplate.volumes"),
+    ({"podTemplate": {"stages": {"trian": {}}}}, "spec.podTemplate.stages"),
+])
+def test_invalid_label_values_and_pod_templates_are_spec_errors(bad, where):
+    with pytest.raises(SpecError) as exc:
+        spec(**bad)
+    assert any(p.startswith(where) for p in exc.value.problems), exc.value.problems
+
+
+def test_kueue_jobs_start_suspended():
+    queued = build_stage_job(RUN, StageKey("train", 0), spec(resources={"default": {"queueName": "research"}}),
+                             CONFIG, run_uri=URI)
+    assert queued["spec"]["suspend"] is True
+    assert "suspend" not in build_stage_job(RUN, StageKey("train", 0), spec(), CONFIG, run_uri=URI)["spec"]
 
 
 def test_stages_outside_iterations_have_no_iteration():

@@ -132,7 +132,7 @@ def test_metadata_and_header_errors():
         parse_manifest(bad)
     text = str(info.value)
     assert "apiVersion: must be 'siked.io/v1alpha1', got 'siked.io/v2'" in text
-    assert "metadata.name: must be a DNS-1123 label" in text
+    assert "metadata.name: must be a DNS-1123 subdomain" in text
 
 
 def test_all_errors_reported_at_once():

@@ -7,6 +7,7 @@ our handlers need and travels to them in kopf's `memo`.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
@@ -42,6 +43,11 @@ class Config:
     retry_backoff_seconds: float = 10.0
     retry_backoff_max_seconds: float = 600.0
     stage_command: tuple[str, ...] = ("siked", "stage")
+    # Security contexts of stage pods and containers (JSON); unset: Pod Security `restricted` (see
+    # siked_operator.jobs). OpenShift's restricted SCC assigns uids itself and wants neither runAsUser nor
+    # fsGroup set.
+    pod_security_context: dict | None = None
+    container_security_context: dict | None = None
 
     def retry_delay(self, failures: int) -> float:
         """Seconds between the `failures`-th failure of a stage and its next attempt."""
@@ -65,6 +71,8 @@ class Config:
                 values[f.name] = tuple(raw.split())
             elif f.name == "default_resources":
                 values[f.name] = ResourceSpec.model_validate_json(raw)
+            elif f.name.endswith("_security_context"):
+                values[f.name] = json.loads(raw)
             elif f.type in ("float", float):
                 values[f.name] = float(raw)
             else:

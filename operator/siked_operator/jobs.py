@@ -18,10 +18,11 @@ from datetime import datetime
 from typing import Any
 
 import kopf
+from siked_jobs import EXIT_PERMANENT, EXIT_RETRYABLE
 
 from siked_operator.config import Config
 from siked_runtime.graph import BASELINE, EVAL, EXPORT, REFERENCE, TEACHER, TEACHER_EVAL, TRAIN, StageKey
-from siked_runtime.spec import API_VERSION, KIND, DistillationSpec, ResourceSpec
+from siked_runtime.spec import API_VERSION, KIND, DistillationSpec, PodOverrides, ResourceSpec
 
 RUN_LABEL = "siked.io/run"
 STAGE_LABEL = "siked.io/stage"
@@ -35,17 +36,38 @@ CONTAINER = "stage"
 TERMINATION_LOG = "/dev/termination-log"
 SCRATCH = "/scratch"
 NAME_LIMIT = 63  # Job names become the `job-name` label of their pods
+# Writable volumes of a read-only root filesystem. Every emptyDir has a size limit: past it the kubelet
+# evicts the pod instead of letting one stage fill the node's disk (or, for /dev/shm, its memory).
+SCRATCH_SIZE = "100Gi"   # model downloads and checkpoints; spec.resources.*.ephemeralStorage replaces it
+SHM_SIZE = "16Gi"        # PyTorch data loaders and NCCL; counts against the memory limit
+TMP_SIZE = "4Gi"         # Python, boto3 and the PoT sandbox's temporary directories
+
+# Stage pods pass Pod Security `restricted`; the Helm chart can replace these (OpenShift assigns uids).
+POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+
+# What the Job controller does with a failed pod. A disruption (drain, preemption, Kueue eviction) is not
+# the stage's fault: the pod is replaced and nothing is counted. The stage's own exit codes decide the rest.
+POD_FAILURE_POLICY = {"rules": [
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PERMANENT]}},
+    {"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_RETRYABLE]}},
+]}
 
 # Stages without their own entry in spec.resources use the closest one.
 _RESOURCES_OF = {BASELINE: EVAL, TEACHER_EVAL: TEACHER, REFERENCE: TRAIN, EXPORT: "default"}
 
 
 def _shorten(name: str, room: int) -> str:
-    """`name` if it fits in `room` characters, else a prefix and a hash of the whole (still unique)."""
+    """`name` if it fits in `room` characters, else a prefix and a hash of the whole (still unique).
+
+    The cut never ends in '-' or '.': "run.v2.-1a2b3c" is neither a DNS-1123 name nor a label value.
+    """
     if len(name) <= room:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:6]
-    return f"{name[: room - 7].rstrip('-')}-{digest}"
+    return f"{name[: room - 7].rstrip('-.')}-{digest}"
 
 
 def run_label(run_name: str) -> str:
@@ -79,6 +101,8 @@ def _container_resources(res: ResourceSpec) -> dict[str, Any]:
     if res.gpus:
         # Extended resources need limits equal to requests.
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = res.gpus
+    if res.ephemeral_storage:
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = res.ephemeral_storage
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
@@ -99,23 +123,52 @@ def _env(spec: DistillationSpec, key: StageKey, config: Config, run_name: str) -
     return env
 
 
+def pod_overrides(spec: DistillationSpec, stage: str) -> PodOverrides:
+    """spec.podTemplate with its entry for `stage` on top: maps merged, lists appended, the rest replaced."""
+    base = spec.pod_template
+    extra = (base.stages or {}).get(stage)
+    fields = base.model_dump(exclude={"stages"})
+    if extra is not None:
+        for name, value in extra.model_dump(exclude_none=True).items():
+            if isinstance(value, dict) and name != "affinity":
+                fields[name] = (fields[name] or {}) | value
+            elif isinstance(value, list):
+                fields[name] = (fields[name] or []) + value
+            else:
+                fields[name] = value
+    return PodOverrides(**fields)
+
+
+def _volumes(res: ResourceSpec, extra: PodOverrides) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes = [
+        {"name": "scratch", "emptyDir": {"sizeLimit": res.ephemeral_storage or SCRATCH_SIZE}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+    ]
+    mounts = [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"},
+              {"name": "tmp", "mountPath": "/tmp"}]
+    return volumes + list(extra.volumes or []), mounts + list(extra.volume_mounts or [])
+
+
 def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: str, run_uri: str) -> dict[str, Any]:
     res = stage_resources(spec, key.stage, config.default_resources)
+    extra = pod_overrides(spec, key.stage)
     args = [key.stage, "--run-uri", run_uri]
     if key.iteration is not None:
         args += ["--iteration", str(key.iteration)]
+    volumes, mounts = _volumes(res, extra)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or config.default_image,
         "command": list(config.stage_command),
         "args": args,
-        "env": _env(spec, key, config, run_name),
+        "env": _env(spec, key, config, run_name) + list(extra.env or []),
         "resources": _container_resources(res),
         "terminationMessagePath": TERMINATION_LOG,
         # The stage writes a JSON summary there; a crash before that leaves the log's tail instead.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "scratch", "mountPath": SCRATCH}, {"name": "dshm", "mountPath": "/dev/shm"}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": mounts,
+        "securityContext": dict(config.container_security_context or CONTAINER_SECURITY),
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -124,12 +177,11 @@ def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: s
         container["envFrom"] = [{"secretRef": {"name": secret}}]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        # Stages talk to storage, never to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": dict(config.pod_security_context or POD_SECURITY),
         "containers": [container],
-        "volumes": [
-            {"name": "scratch", "emptyDir": {}},
-            # PyTorch data loaders and NCCL need more shared memory than a container's default 64Mi.
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-        ],
+        "volumes": volumes,
     }
     if config.service_account:
         pod["serviceAccountName"] = config.service_account
@@ -139,6 +191,12 @@ def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: s
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
+    if extra.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in extra.image_pull_secrets]
+    if extra.affinity:
+        pod["affinity"] = dict(extra.affinity)
+    if extra.runtime_class_name:
+        pod["runtimeClassName"] = extra.runtime_class_name
     return pod
 
 
@@ -169,15 +227,22 @@ def build_stage_job(
     if queue:
         labels[QUEUE_LABEL] = queue
     annotations = {RUN_ANNOTATION: run_name, RUN_URI_ANNOTATION: run_uri}
+    extra = pod_overrides(spec, key.stage)
     job_spec: dict[str, Any] = {
-        # Retries are the operator's: it counts attempts across Jobs, backs off, and reads exit codes.
+        # Retries of real failures are the operator's: it counts attempts across Jobs, backs off, and reads
+        # exit codes. Disruptions are the Job controller's to absorb (podFailurePolicy).
         "backoffLimit": 0,
+        "podFailurePolicy": POD_FAILURE_POLICY,
         "template": {
-            "metadata": {"labels": {k: v for k, v in labels.items() if k != QUEUE_LABEL},
-                         "annotations": dict(annotations)},
+            "metadata": {"labels": {**(extra.labels or {}),
+                                    **{k: v for k, v in labels.items() if k != QUEUE_LABEL}},
+                         "annotations": {**(extra.annotations or {}), **annotations}},
             "spec": _pod_spec(spec, key, config, run_name, run_uri),
         },
     }
+    if queue:
+        # Created suspended, as Kueue's own integrations do: Kueue unsuspends the Job when it admits it.
+        job_spec["suspend"] = True
     if deadline_seconds is not None:
         # What is left of the run's activeDeadlineSeconds: the cluster stops the stage at the run's deadline.
         job_spec["activeDeadlineSeconds"] = max(1, int(deadline_seconds))
@@ -194,6 +259,10 @@ def build_stage_job(
     }
     # Owner reference (controller), namespace, and the run's own labels on the Job and its pods.
     kopf.adopt(job, owner=_owner(run), nested="spec.template")
+    # blockOwnerDeletion needs `update` on distillationruns/finalizers where the API server checks it
+    # (OpenShift); background garbage collection deletes the Jobs with their run either way.
+    for ref in job["metadata"]["ownerReferences"]:
+        ref.pop("blockOwnerDeletion", None)
     return job
 
 
