@@ -32,16 +32,26 @@ LOG = logging.getLogger("test")
 class RecordingKube:
     """Stands in for siked_operator.kube.Kube: remembers what it was asked to do."""
 
-    def __init__(self):
+    def __init__(self, refuse=None, owners=None):
         self.created, self.deleted, self.existing = [], [], set()
+        self.refuse = refuse          # an ApiException every create raises
+        self.owners = owners or {}    # Job name -> owner uid of Jobs that exist already
 
     def create_job(self, namespace, job):
         name = job["metadata"]["name"]
         self.created.append(name)
-        if name in self.existing:
+        if self.refuse is not None:
+            raise self.refuse
+        if name in self.existing or name in self.owners:
             return False
         self.existing.add(name)
         return True
+
+    def job_owner(self, namespace, name):
+        return self.owners.get(name, "u-1")
+
+    def pod_waiting(self, namespace, name):
+        return None
 
     def delete_job(self, namespace, name):
         self.deleted.append(name)
@@ -73,7 +83,7 @@ def test_a_first_pass_stores_the_spec_and_creates_the_first_jobs(tmp_path, confi
     assert [e.reason for e in result.events] == ["StageStarted", "StageStarted"]
     assert result.patch["phase"] == "Pending" and result.patch["runUri"].endswith("/runs/default/smoke")
     stored = yaml.safe_load(open_store(result.patch["runUri"]).get_text("spec.yaml"))
-    assert stored["metadata"] == {"name": "smoke", "namespace": "default"}
+    assert stored["metadata"] == {"name": "smoke", "namespace": "default", "uid": "u-1"}
     # Nulls survive: `patience: null` means "never stop early", not "the default".
     assert stored["spec"]["iterations"]["earlyStopping"]["patience"] is None
     assert result.seen is not None
@@ -139,8 +149,55 @@ def test_storage_trouble_is_a_condition_and_the_next_pass_retries(tmp_path, monk
     config = Config(storage_uri="s3://runs/prefix", s3_endpoint="http://127.0.0.1:9")
     result = reconcile_run(run_body(tmp_path), [], config, RecordingKube(), T0, LOG)
     [condition] = result.patch["conditions"]
-    assert condition["reason"] == "StorageUnavailable" and result.seen is None
+    assert condition["reason"] == "StorageUnavailable" and result.seen is None and result.trouble
     assert [e.reason for e in result.events] == ["StorageUnavailable"]
+    # The same outage on the next pass: no status patch, no second event.
+    body = run_body(tmp_path)
+    body["status"] = result.patch
+    again = reconcile_run(body, [], config, RecordingKube(), T0 + timedelta(seconds=5), LOG)
+    assert again.patch == {} and again.events == [] and again.trouble
+
+
+def test_a_job_the_api_refuses_is_a_condition_and_one_event(tmp_path, config):
+    from kubernetes.client.exceptions import ApiException
+
+    refusal = ApiException(status=403, reason="Forbidden")
+    refusal.body = ('{"kind": "Status", "reason": "Forbidden", "message": "jobs.batch \\"smoke-teacher\\" is '
+                    'forbidden: exceeded quota: compute, requested: requests.nvidia.com/gpu=8"}')
+    kube = RecordingKube(refuse=refusal)
+    body = run_body(tmp_path)
+    result = reconcile_run(body, [], config, kube, T0, LOG)
+    progressing = next(c for c in result.patch["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "JobCreateFailed" and result.trouble
+    assert "creating Job smoke-teacher for teacher failed: 403 Forbidden" in progressing["message"]
+    assert "exceeded quota" in progressing["message"]
+    assert [e.reason for e in result.events] == ["JobCreateFailed"]
+    body["status"] = result.patch
+    again = reconcile_run(body, [], config, kube, T0 + timedelta(seconds=5), LOG)
+    assert again.events == [] and "conditions" not in again.patch  # same refusal: nothing new to say
+
+
+def test_a_job_of_our_name_owned_by_someone_else_is_a_conflict(tmp_path, config):
+    kube = RecordingKube(owners={"smoke-teacher": "u-0-old-run"})
+    foreign = JobState("smoke-teacher", "smoke", StageKey("teacher"), 0, True, True, False, False, finished_at=T0,
+                       owner_uid="u-0-old-run")
+    result = reconcile_run(run_body(tmp_path), [foreign], config, kube, T0, LOG)
+    progressing = next(c for c in result.patch["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "JobConflict" and "u-0-old-run" in progressing["message"]
+    assert not any(s.get("phase") == "Succeeded" for s in result.patch["stages"])  # its success is not ours
+
+
+def test_a_recreated_run_does_not_inherit_the_old_runs_artifacts(tmp_path, config):
+    kube = RecordingKube()
+    first = reconcile_run(run_body(tmp_path), [], config, kube, T0, LOG)
+    publish(open_store(first.patch["runUri"]), "teacher", {"rows": 3})
+    again = run_body(tmp_path)
+    again["metadata"]["uid"] = "u-2"
+    result = reconcile_run(again, [], config, kube, T0, LOG)
+    assert result.patch["phase"] == "Failed"
+    valid = next(c for c in result.patch["conditions"] if c["type"] == "SpecValid")
+    assert valid["reason"] == "StorageInUse" and "uid u-1" in valid["message"]
+    assert kube.created == ["smoke-teacher", "smoke-baseline"]  # none for the new run
 
 
 def test_run_uri():

@@ -11,6 +11,7 @@ from siked_operator.phases import Phase, Reason
 from siked_operator.reconcile import Seen, is_quiet
 from siked_operator.status import (
     Failure,
+    PodWaiting,
     RunRef,
     decide,
     invalid_status,
@@ -220,14 +221,17 @@ def test_failed_attempts_are_remembered_when_their_jobs_are_gone():
 # --- suspend, deadline, TTL -----------------------------------------------------------------------
 
 
-def test_suspend_lets_the_running_stage_finish_and_starts_nothing():
+def test_suspend_deletes_the_running_stage_which_restarts_on_resume():
     s = spec(suspend=True)
     d = decide(RUN, s, done(TEACHER), [job(BASELINE)], {"phase": "Running"}, T0, CONFIG)
-    assert d.phase == Phase.SUSPENDED and d.create == [] and d.delete == []
-    assert "baseline will finish" in condition(d.status, "Suspended")["message"]
+    assert d.phase == Phase.SUSPENDED and d.create == []
+    assert d.delete == [("smoke-baseline", "spec.suspend is set")]  # its GPUs go back to the cluster
+    assert "stopped baseline" in condition(d.status, "Suspended")["message"]
     assert [e.reason for e in d.events] == ["StageSucceeded", "Suspended"]
-    resumed = decide(RUN, spec(), done(TEACHER, BASELINE), [], d.status, T0, CONFIG)
-    assert resumed.create == [(TRAIN0, 0)]
+    # The deleted Job is not a failure: on resume the stage starts again as attempt 0.
+    resumed = decide(RUN, spec(), done(TEACHER), [], d.status, T0, CONFIG)
+    assert resumed.create == [(BASELINE, 0), (TRAIN0, 0)]
+    assert "failedJobs" not in stage(resumed.status, "baseline")
     assert condition(resumed.status, "Suspended")["status"] == "False"
     assert "Resumed" in [e.reason for e in resumed.events]
 
@@ -320,3 +324,68 @@ def test_every_phase_is_in_the_crd(phase):
     from siked_operator.crd import status_schema
 
     assert phase in status_schema()["properties"]["phase"]["enum"]
+
+
+# --- pods that do not start, Kueue ----------------------------------------------------------------
+
+
+def pending(key: StageKey, created: datetime = T0, **changes) -> JobState:
+    import dataclasses
+
+    return dataclasses.replace(job(key, "pending"), created_at=created, **changes)
+
+
+@pytest.mark.parametrize("kubelet_reason, reason", [
+    ("Unschedulable", Reason.UNSCHEDULABLE), ("ErrImagePull", Reason.IMAGE_PULL_FAILED),
+    ("ImagePullBackOff", Reason.IMAGE_PULL_FAILED), ("CreateContainerConfigError", Reason.CONTAINER_CONFIG_ERROR)])
+def test_a_pod_that_cannot_start_says_why_once(kubelet_reason, reason):
+    why = PodWaiting(kubelet_reason, "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    d = decide(RUN, spec(), {}, [pending(TEACHER), pending(BASELINE)], {}, T0, CONFIG,
+               waiting={"smoke-teacher": why})
+    progressing = condition(d.status, "Progressing")
+    assert progressing["reason"] == reason.value
+    assert "teacher (Job smoke-teacher) cannot start" in progressing["message"]
+    assert kubelet_reason in progressing["message"] and "Insufficient nvidia.com/gpu" in progressing["message"]
+    assert [e.reason for e in d.events] == [reason.value]
+    # Its pods are looked at again soon (pod changes do not show in the Job).
+    assert d.status["nextCheckTime"] == timestamp(T0 + timedelta(seconds=CONFIG.pending_check_seconds))
+    again = decide(RUN, spec(), {}, [pending(TEACHER), pending(BASELINE)], d.status, T0 + timedelta(seconds=10),
+                   CONFIG, waiting={"smoke-teacher": why})
+    assert again.events == [] and again.phase == Phase.PENDING  # one event per problem, not per pass
+
+
+def test_pending_deadline_fails_the_run_with_the_pods_reason():
+    s = spec(pendingDeadlineSeconds=60)
+    why = {"smoke-teacher": PodWaiting("ImagePullBackOff", 'Back-off pulling image "ghcr.io/x:typo"')}
+    early = decide(RUN, s, {}, [pending(TEACHER)], {}, T0 + timedelta(seconds=30), CONFIG, waiting=why)
+    assert early.phase == Phase.PENDING and early.delete == []
+    d = decide(RUN, s, {}, [pending(TEACHER)], early.status, T0 + timedelta(seconds=61), CONFIG, waiting=why)
+    assert d.phase == Phase.FAILED and ("smoke-teacher", "pendingDeadlineSeconds exceeded") in d.delete
+    failed = condition(d.status, "Failed")
+    assert failed["reason"] == "PendingDeadlineExceeded" and "ImagePullBackOff" in failed["message"]
+    assert stage(d.status, "teacher")["failedJobs"] == ["smoke-teacher"]
+    # The Job is gone on the next pass; the run stays failed and starts nothing.
+    later = decide(RUN, s, {}, [], d.status, T0 + timedelta(seconds=70), CONFIG)
+    assert later.phase == Phase.FAILED and later.create == []
+
+
+def test_the_pending_clock_starts_when_kueue_admits_the_job():
+    s = spec(pendingDeadlineSeconds=60)
+    queued = pending(TEACHER, suspended=True)
+    d = decide(RUN, s, {}, [queued], {}, T0 + timedelta(hours=3), CONFIG)
+    assert d.phase == Phase.PENDING and d.delete == []
+    assert condition(d.status, "Progressing")["reason"] == "JobQueued"
+    admitted = pending(TEACHER, start_time=T0 + timedelta(hours=3))
+    assert decide(RUN, s, {}, [admitted], d.status, T0 + timedelta(hours=3, seconds=30), CONFIG).delete == []
+
+
+def test_a_kueue_suspension_is_no_failure():
+    running = decide(RUN, spec(), done(TEACHER), [job(BASELINE), job(TRAIN0)], {}, T0, CONFIG)
+    requeued = decide(RUN, spec(), done(TEACHER), [job(BASELINE), pending(TRAIN0, suspended=True)], running.status,
+                      T0, CONFIG)
+    assert requeued.delete == [] and requeued.create == []
+    assert condition(requeued.status, "Progressing")["reason"] == "StageRunning"
+    requeued = decide(RUN, spec(), done(TEACHER, BASELINE), [pending(TRAIN0, suspended=True)], running.status,
+                      T0, CONFIG)
+    assert condition(requeued.status, "Progressing")["reason"] == "JobQueued"
+    assert "failedJobs" not in stage(requeued.status, "train[0]") and requeued.phase == Phase.RUNNING

@@ -37,6 +37,9 @@ class Config:
     # Each run is re-derived when one of its Jobs or its spec changes, and at least this often (for
     # retries, deadlines and TTLs that come due); a pass that finds nothing changed costs no API call.
     poll_interval: float = 1.0
+    # A stage Job whose pod has not started is looked at this often: its pods say why (unschedulable, image
+    # pull, missing Secret), and pod changes do not show in the Job's status.
+    pending_check_seconds: float = 10.0
     # A run whose Jobs did not change is re-read from storage this often anyway (artifacts edited by hand).
     resync_seconds: float = 300.0
     # Delay before retry k of a failed stage: base * 2**(k-1), capped.

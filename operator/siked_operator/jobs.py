@@ -303,6 +303,9 @@ class JobState:
     finished_at: datetime | None = None
     reason: str | None = None      # of the Failed condition: BackoffLimitExceeded, DeadlineExceeded, …
     message: str | None = None
+    suspended: bool = False        # spec.suspend: Kueue has not admitted it (or preempted it)
+    start_time: datetime | None = None  # when the Job controller started it (again, after a suspension)
+    owner_uid: str | None = None   # of its controlling owner: a run with the same name but another uid is not it
 
     @property
     def finished(self) -> bool:
@@ -321,6 +324,8 @@ class JobState:
             return "Failed"
         if self.deleting:
             return "Deleting"
+        if self.suspended:
+            return "Suspended"
         return "Running" if self.started else "Pending"
 
     @classmethod
@@ -342,6 +347,7 @@ class JobState:
         failed = not succeeded and ("Failed" in true or (status.get("failed") or 0) > (spec.get("backoffLimit") or 0))
         ended = true.get("Complete") or true.get("Failed") or {}
         finished_at = _time(status.get("completionTime")) or _time(ended.get("lastTransitionTime"))
+        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), {})
         return cls(
             name=meta.get("name", ""),
             run=annotations.get(RUN_ANNOTATION) or labels.get(RUN_LABEL, ""),
@@ -355,4 +361,7 @@ class JobState:
             finished_at=finished_at,
             reason=true["Failed"].get("reason") if "Failed" in true else None,
             message=true["Failed"].get("message") if "Failed" in true else None,
+            suspended=bool(spec.get("suspend")),
+            start_time=_time(status.get("startTime")),
+            owner_uid=owner.get("uid"),
         )

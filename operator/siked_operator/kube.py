@@ -17,7 +17,7 @@ import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
 from siked_operator.jobs import CONTAINER, RUN_LABEL, run_label
-from siked_operator.status import Failure
+from siked_operator.status import Failure, PodWaiting
 from siked_runtime.spec import API_VERSION
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -45,6 +45,8 @@ def _matches(obj: dict[str, Any], labels: dict[str, str]) -> bool:
 @dataclass
 class Kube:
     client: kubernetes.client.ApiClient
+    # Seconds for any one request: an API server that stopped answering must not hang a run's driver.
+    timeout: float = 30.0
 
     @property
     def batch(self) -> kubernetes.client.BatchV1Api:
@@ -57,18 +59,31 @@ class Kube:
     def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
         """Create the Job unless one with its name exists; True when this call created it."""
         try:
-            self.batch.create_namespaced_job(namespace, job, _preload_content=False)
+            self.batch.create_namespaced_job(namespace, job, _preload_content=False,
+                                             _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         return True
 
+    def job_owner(self, namespace: str, name: str) -> str | None:
+        """The uid of the Job's controlling owner (None when it has none, or is gone)."""
+        try:
+            job = _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False,
+                                                       _request_timeout=self.timeout))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        refs = (job.get("metadata") or {}).get("ownerReferences") or []
+        return next((r.get("uid") for r in refs if r.get("controller")), None)
+
     def delete_job(self, namespace: str, name: str) -> bool:
         """Delete a Job and (by background propagation) its pods; False when it was already gone."""
         try:
             self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
-                                             _preload_content=False)
+                                             _preload_content=False, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -78,8 +93,8 @@ class Kube:
     def run_jobs(self, namespace: str, run_name: str) -> list[dict[str, Any]]:
         labels = {RUN_LABEL: run_label(run_name)}
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        items = _json(self.batch.list_namespaced_job(namespace, label_selector=selector,
-                                                     _preload_content=False)).get("items") or []
+        items = _json(self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False,
+                                                     _request_timeout=self.timeout)).get("items") or []
         return [job for job in items if _matches(job, labels)]
 
     def patch_run_status(self, namespace: str, name: str, patch: dict[str, Any]) -> str | None:
@@ -87,22 +102,39 @@ class Kube:
         try:
             response = kubernetes.client.CustomObjectsApi(self.client).patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": patch},
-                _content_type="application/merge-patch+json", _preload_content=False)
+                _content_type="application/merge-patch+json", _preload_content=False,
+                _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
         return (_json(response).get("metadata") or {}).get("resourceVersion")
 
+    def _job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The Job's pods, oldest first."""
+        selector = f"batch.kubernetes.io/job-name={job_name}"
+        items = _json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False,
+                                                    _request_timeout=self.timeout)).get("items") or []
+        pods = [p for p in items if _matches(p, {"batch.kubernetes.io/job-name": job_name})]
+        return sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+
+    def pod_waiting(self, namespace: str, job_name: str) -> PodWaiting | None:
+        """Why the Job's newest pod has not started: unschedulable, or its container waiting (image pull, …)."""
+        for pod in reversed(self._job_pods(namespace, job_name)):
+            status = pod.get("status") or {}
+            for cs in status.get("containerStatuses") or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                    return PodWaiting(waiting["reason"], (waiting.get("message") or "")[:1024])
+            for c in status.get("conditions") or []:
+                if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                    return PodWaiting(c.get("reason") or "Unschedulable", (c.get("message") or "")[:1024])
+            return None  # only the newest pod counts
+        return None
+
     def job_failure(self, namespace: str, job_name: str) -> Failure:
         """Exit code and termination message of the Job's last pod (empty when the pods are gone)."""
-        selector = f"job-name={job_name}"
-        items = _json(self.core.list_namespaced_pod(namespace, label_selector=selector,
-                                                    _preload_content=False)).get("items") or []
-        pods = [p for p in items if _matches(p, {"job-name": job_name})
-                or _matches(p, {"batch.kubernetes.io/job-name": job_name})]
-        pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
-        for pod in reversed(pods):
+        for pod in reversed(self._job_pods(namespace, job_name)):
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
                 if cs.get("name") == CONTAINER and terminated:

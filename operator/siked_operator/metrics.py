@@ -52,6 +52,13 @@ STAGE_DURATION = Histogram(
 JOBS_CREATED = Counter("siked_stage_jobs_created_total", "Stage Jobs created", ["stage"])
 JOB_FAILURES = Counter("siked_stage_job_failures_total", "Stage Jobs that failed", RUN + ["stage"])
 RETRIES = Counter("siked_stage_retries_total", "Stage Jobs created to retry a failed attempt", RUN + ["stage"])
+RECONCILE_ERRORS = Counter("siked_reconcile_errors_total",
+                           "Passes that failed: storage unreadable, a Job the API refused, an unexpected error",
+                           ["kind"])
+STORAGE_UNAVAILABLE = Gauge("siked_run_storage_unavailable", "1 while the run's storage cannot be read", RUN)
+PENDING_SECONDS = Gauge("siked_run_pending_seconds",
+                        "How long the run's oldest waiting stage Job has been admitted without its pod running "
+                        "(0: none waits)", RUN)
 RECONCILE_SECONDS = Histogram("siked_reconcile_duration_seconds", "Time of a full reconcile of one run",
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
@@ -61,6 +68,7 @@ _PER_RUN = (
     (ACCURACY, RUN + ["dataset", "iteration"]), (STRATEGY_SHARE, RUN + ["iteration", "strategy"]),
     (ALPHA, RUN + ["iteration"]), (SAMPLES, RUN + ["iteration"]), (CORRECT_SAMPLES, RUN + ["iteration"]),
     (SAMPLE_ACCURACY, RUN + ["iteration"]), (JOB_FAILURES, RUN + ["stage"]), (RETRIES, RUN + ["stage"]),
+    (STORAGE_UNAVAILABLE, RUN), (PENDING_SECONDS, RUN),
 )
 
 

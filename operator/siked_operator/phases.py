@@ -34,8 +34,15 @@ class Reason(str, Enum):
     VALID = "Valid"
     INVALID_SPEC = "InvalidSpec"
     SPEC_CHANGED = "SpecChanged"            # a field that shapes the artifacts changed mid-run
+    STORAGE_IN_USE = "StorageInUse"         # the storage holds another run's artifacts (same name, other uid)
     # Progressing / Pending-why
     JOB_PENDING = "JobPending"              # the stage Job exists but has not started (queue, scheduling)
+    JOB_QUEUED = "JobQueued"                # the stage Job is suspended: Kueue has not admitted it, or preempted it
+    UNSCHEDULABLE = "Unschedulable"         # the stage's pod fits no node (the scheduler's message says why)
+    IMAGE_PULL_FAILED = "ImagePullFailed"   # ErrImagePull, ImagePullBackOff, InvalidImageName
+    CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # e.g. a Secret the pod needs does not exist
+    JOB_CREATE_FAILED = "JobCreateFailed"   # the API server refused the stage Job (message: its answer)
+    JOB_CONFLICT = "JobConflict"            # a Job with the stage Job's name belongs to something else
     STAGE_RUNNING = "StageRunning"
     BACKOFF = "BackoffRetry"                # a stage failed and waits before its next attempt
     STORAGE_UNAVAILABLE = "StorageUnavailable"
@@ -47,6 +54,7 @@ class Reason(str, Enum):
     STAGE_FAILED = "StageFailed"            # a stage failed permanently (exit code says retrying cannot help)
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    PENDING_DEADLINE_EXCEEDED = "PendingDeadlineExceeded"  # a stage's pod did not start within the deadline
     # Events only
     STAGE_STARTED = "StageStarted"
     STAGE_SUCCEEDED = "StageSucceeded"

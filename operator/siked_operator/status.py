@@ -12,6 +12,7 @@ attempt count survives Jobs that were cleaned up after ttlSecondsAfterFinished).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections import defaultdict
@@ -101,10 +102,33 @@ class Failure:
 
     exit_code: int | None = None
     message: str | None = None
+    reason: str | None = None  # the operator's own verdict (PendingDeadlineExceeded), when it ended the attempt
 
     @property
     def permanent(self) -> bool:
-        return self.exit_code == EXIT_PERMANENT
+        return self.exit_code == EXIT_PERMANENT or self.reason == Reason.PENDING_DEADLINE_EXCEEDED.value
+
+
+@dataclass(frozen=True)
+class PodWaiting:
+    """Why a stage Job's pod has not started: the scheduler's or the kubelet's reason and message."""
+
+    reason: str            # Unschedulable, ErrImagePull, ImagePullBackOff, CreateContainerConfigError, …
+    message: str = ""
+
+    @property
+    def condition_reason(self) -> Reason:
+        if self.reason == "Unschedulable":
+            return Reason.UNSCHEDULABLE
+        if self.reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"):
+            return Reason.IMAGE_PULL_FAILED
+        if self.reason in ("CreateContainerConfigError", "CreateContainerError"):
+            return Reason.CONTAINER_CONFIG_ERROR
+        return Reason.JOB_PENDING
+
+
+# Progressing reasons that mean "a pod cannot start": each new one is posted as a Warning event.
+POD_PROBLEMS = (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED, Reason.CONTAINER_CONFIG_ERROR)
 
 
 @dataclass(frozen=True)
@@ -282,7 +306,7 @@ def _stage_views(p: Plan, done: Mapping[str, Mapping], jobs: list[JobState], pre
                 last_failure = {
                     "job": j.name,
                     "exitCode": info.exit_code,
-                    "reason": j.reason,
+                    "reason": info.reason or j.reason,
                     "message": message[:1024],
                     "time": timestamp(j.finished_at or now),
                     "permanent": info.permanent,
@@ -305,14 +329,20 @@ def decide(
     now: datetime,
     config: Config,
     failures: Mapping[str, Failure] | None = None,
+    waiting: Mapping[str, PodWaiting] | None = None,
 ) -> Decision:
-    """The run's next status and actions, from its spec, storage and Jobs (see the module docstring)."""
-    failures = failures or {}
+    """The run's next status and actions, from its spec, storage and Jobs (see the module docstring).
+
+    `failures`: what the pods of failed Jobs said; `waiting`: why the pods of pending Jobs do not start.
+    """
+    failures = dict(failures or {})
+    waiting = waiting or {}
+    decision = Decision(status={})
+    next_check: list[datetime] = []
+    jobs = _past_pending_deadline(spec, jobs, waiting, failures, now, config, next_check, decision)
     p = plan(spec, done)
     views = _stage_views(p, done, jobs, previous, failures, now)
     started_at = parse_time(previous.get("startTime")) or now
-    decision = Decision(status={})
-    next_check: list[datetime] = []
 
     def stop_active(why: str) -> None:
         for v in views.values():
@@ -322,7 +352,7 @@ def decide(
     deadline = spec.active_deadline_seconds
     deadline_at = started_at + timedelta(seconds=deadline) if deadline else None
     failing = [v for v in views.values() if not v.done and (v.permanent or v.failures > spec.backoff_limit)]
-    waiting: list[tuple[StageView, datetime]] = []
+    backing_off: list[tuple[StageView, datetime]] = []
 
     if p.finished:
         phase, reason, message = Phase.SUCCEEDED, Reason.FINISHED, _finished_message(p)
@@ -333,7 +363,10 @@ def decide(
     elif failing:
         v = failing[0]
         why = (v.last_failure or {}).get("message", "")
-        if v.permanent:
+        if (v.last_failure or {}).get("reason") == Reason.PENDING_DEADLINE_EXCEEDED.value:
+            phase, reason = Phase.FAILED, Reason.PENDING_DEADLINE_EXCEEDED
+            message = f"{stage_name(v.key)} did not start within pendingDeadlineSeconds: {why}"
+        elif v.permanent:
             phase, reason = Phase.FAILED, Reason.STAGE_FAILED
             message = f"{stage_name(v.key)} failed and retrying cannot help: {why}"
         else:
@@ -342,11 +375,13 @@ def decide(
                        f"{spec.backoff_limit}: {why}")
         stop_active(f"{stage_name(v.key)} failed")
     elif spec.suspend:
+        # Deleting the running Jobs frees their GPUs; a stage is atomic, so it restarts cleanly on resume.
         phase, reason = Phase.SUSPENDED, Reason.SUSPENDED
         running = [stage_name(v.key) for v in views.values() if v.active is not None]
-        message = "spec.suspend is set: no new stage starts"
+        message = "spec.suspend is set: no stage runs"
         if running:
-            message += f"; {', '.join(running)} will finish"
+            message += f"; stopped {', '.join(running)}, which restarts on resume"
+        stop_active("spec.suspend is set")
     else:
         for key in p.runnable:
             v = views[key]
@@ -356,11 +391,13 @@ def decide(
                 last = parse_time((v.last_failure or {}).get("time")) or now
                 retry_at = last + timedelta(seconds=config.retry_delay(v.failures))
                 if now < retry_at:
-                    waiting.append((v, retry_at))
+                    backing_off.append((v, retry_at))
                     next_check.append(retry_at)
                     continue
             decision.create.append((key, v.failures))
-        phase, reason, message = _progress(views, decision.create, waiting)
+        phase, reason, message = _progress(views, decision.create, backing_off, waiting)
+        if any(v.active is not None and not v.active.started and not v.active.suspended for v in views.values()):
+            next_check.append(now + timedelta(seconds=config.pending_check_seconds))  # re-read its pods
         if deadline_at is not None:
             next_check.append(deadline_at)
             decision.deadline_seconds = max(1, math.ceil((deadline_at - now).total_seconds()))
@@ -389,17 +426,58 @@ def _finished_message(p: Plan) -> str:
     return text
 
 
-def _progress(views: Mapping[StageKey, StageView], create: list, waiting: list) -> tuple[Phase, Reason, str]:
+def _past_pending_deadline(spec: DistillationSpec, jobs: list[JobState], waiting: Mapping[str, PodWaiting],
+                           failures: dict[str, Failure], now: datetime, config: Config, next_check: list[datetime],
+                           decision: Decision) -> list[JobState]:
+    """Jobs whose pod has not started within pendingDeadlineSeconds become failed attempts (and are deleted).
+
+    The clock starts when the Job controller started the Job (after Kueue admitted it), else at its creation.
+    """
+    deadline = spec.pending_deadline_seconds
+    if deadline is None:
+        return jobs
+    out = []
+    for j in jobs:
+        since = j.start_time or j.created_at
+        if not j.active or j.started or j.suspended or since is None:
+            out.append(j)
+            continue
+        due = since + timedelta(seconds=deadline)
+        if now < due:
+            next_check.append(due)
+            out.append(j)
+            continue
+        why = waiting.get(j.name)
+        detail = f"{why.reason}: {why.message}" if why else "its pod was not running"
+        message = f"Job {j.name} was pending for more than {deadline}s; {detail}"
+        failures[j.name] = Failure(message=message, reason=Reason.PENDING_DEADLINE_EXCEEDED.value)
+        decision.delete.append((j.name, "pendingDeadlineSeconds exceeded"))
+        out.append(dataclasses.replace(j, failed=True, finished_at=now,
+                                       reason=Reason.PENDING_DEADLINE_EXCEEDED.value, message=message))
+    return out
+
+
+def _progress(views: Mapping[StageKey, StageView], create: list, backing_off: list,
+              waiting: Mapping[str, PodWaiting]) -> tuple[Phase, Reason, str]:
     running = [v for v in views.values() if v.active is not None and v.active.started]
     pending = [v for v in views.values() if v.active is not None and not v.active.started]
     phase = Phase.RUNNING if running or any(v.done for v in views.values()) else Phase.PENDING
     also = f"; running {', '.join(stage_name(v.key) for v in running)}" if running else ""
-    if waiting:
-        v, at = waiting[0]
+    if backing_off:
+        v, at = backing_off[0]
         return (phase, Reason.BACKOFF,
                 f"{stage_name(v.key)} failed {v.failures} time(s); next attempt at {timestamp(at)}{also}")
+    stuck = [(v, waiting[v.active.name]) for v in pending if not v.active.suspended and v.active.name in waiting]
+    if stuck:
+        v, why = stuck[0]
+        return (phase, why.condition_reason,
+                f"{stage_name(v.key)} (Job {v.active.name}) cannot start: {why.reason}: {why.message}{also}")
     if running:
         return phase, Reason.STAGE_RUNNING, also.removeprefix("; ")
+    queued = [v for v in pending if v.active.suspended]
+    if queued:
+        names = ", ".join(f"{stage_name(v.key)} (Job {v.active.name})" for v in queued)
+        return phase, Reason.JOB_QUEUED, f"suspended until Kueue admits it: {names}"
     if pending:
         names = ", ".join(f"{stage_name(v.key)} (Job {v.active.name})" for v in pending)
         return phase, Reason.JOB_PENDING, f"waiting for the stage Job to start: {names}"
@@ -525,6 +603,10 @@ def _events(previous: Mapping[str, Any], status: Mapping[str, Any], views: Mappi
                 events.append(Event("Warning", Reason.STAGE_RETRY.value,
                                     text + f"; retry {v.failures}/{spec.backoff_limit} in "
                                     f"{config.retry_delay(v.failures):.0f}s"))
+    progressing = next(c for c in status["conditions"] if c["type"] == ConditionType.PROGRESSING.value)
+    was = next((c for c in previous.get("conditions") or [] if c.get("type") == ConditionType.PROGRESSING.value), {})
+    if progressing["reason"] in {r.value for r in POD_PROBLEMS} and was.get("reason") != progressing["reason"]:
+        events.append(Event("Warning", progressing["reason"], progressing["message"]))
     old_phase, new_phase = previous.get("phase"), status["phase"]
     if old_phase != new_phase:
         progressing = next(c for c in status["conditions"] if c["type"] == ConditionType.PROGRESSING.value)
