@@ -1,7 +1,7 @@
 """The `siked` command line.
 
     siked run RUN.yaml [--dir DIR] [--limit N]   run a DistillationRun on this machine
-    siked experiment EXP.yaml [--budget B] [--dir DIR]  a grid of runs at equal compute, compared
+    siked experiment EXP.yaml [--budget B] [--dir DIR] [--pilot]  a grid of runs at equal compute, compared
     siked stage STAGE --run-uri URI [--iteration N]  run one stage of a stored run (a stage Job's command)
     siked report DIR                             re-render report.json/.md and plots
     siked validate RUN.yaml                      check a manifest, print the resolved spec
@@ -82,8 +82,11 @@ def cmd_experiment(args) -> int:
 
     name, _, _ = load_experiment(args.experiment, args.budget)
     out = Path(args.dir or Path("runs") / name)
-    run_experiment(args.experiment, out, args.budget)
+    summary = run_experiment(args.experiment, out, args.budget, pilot_only=args.pilot)
     print(f"report: {out / 'experiment.md'}", file=sys.stderr)
+    if summary.get("stopped") and not args.pilot:
+        print(f"stopped: {summary['stopped']}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -180,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="an Experiment manifest, e.g. examples/experiment.yaml")
     p.add_argument("--budget", help="one of the experiment's budgets, e.g. small")
     p.add_argument("--dir", help="output directory (default: ./runs/<name>); rerun to resume")
+    p.add_argument("--pilot", action="store_true",
+                   help="train the first seed's iteration 0, evaluate it per family with each strategy forced, "
+                        "print the gate and stop")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("stage", help="run one stage of a stored run and publish its manifest (a stage Job's command)")

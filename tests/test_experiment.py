@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from siked_runtime.cli import main
-from siked_runtime.experiment import arm_runs, load_experiment, merge, run_experiment
+from siked_runtime.experiment import arm_runs, load_experiment, merge, run_experiment, shared_run
+from siked_runtime.pilot import gate, tabulate
 from siked_runtime.storage import list_manifests, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def _experiment(tmp_path: Path, **spec) -> Path:
     doc = {"apiVersion": "siked.io/v1alpha1", "kind": "Experiment", "metadata": {"name": "tiny"},
            "spec": {"base": str(ROOT / "examples" / "smoke.yaml"), "seeds": [0, 1], "totalTrainSteps": 4,
-                    "arms": [{"name": "combined", "patch": {"method": "distill"}},
-                             {"name": "siked-all", "patch": {"method": "siked", "mixing": {"policy": "all"}}}],
+                    "iteration0Steps": 2, "pilot": {"questions": 6, "required": False},
+                    "arms": [{"name": "combined", "patch": {"method": "siked", "mixing": {"policy": "teacher"}}},
+                             {"name": "siked-all", "patch": {"method": "siked", "mixing": {"policy": "all"}}},
+                             {"name": "pot-only", "patch": {"method": "distill", "strategies": ["pot"]}}],
                     **spec}}
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -32,17 +35,28 @@ def test_merge_recurses_into_mappings_and_replaces_lists() -> None:
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}  # not modified
 
 
-def test_every_arm_gets_the_same_training_steps() -> None:
-    _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", "full")
+@pytest.mark.parametrize("budget", [None, "medium", "full"])
+def test_every_arm_gets_the_same_training_steps(budget) -> None:
+    _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", budget)
     runs = arm_runs(experiment, base)
-    assert len(runs) == 7 * 3 and {run.metadata.name for _, _, run in runs} >= {"cot-only-s0", "siked-self-s2"}
+    assert len(runs) == len(experiment.arms) * len(experiment.seeds)
     for arm, seed, run in runs:
-        stages = 1 if run.spec.method == "distill" else run.spec.iterations.max + 1
-        assert run.spec.training.max_steps * stages == experiment.total_train_steps, arm.name
-        assert run.spec.seed == seed and run.spec.mixing.max_per_question is None
-    assert next(r for a, _, r in runs if a.name == "pot-only").spec.strategies == ["pot"]
-    _, small, _ = load_experiment(ROOT / "examples" / "experiment.yaml", "small")
-    assert small.seeds == [0, 1] and small.total_train_steps == 40
+        assert run.spec.seed == seed and run.spec.iterations.early_stopping.patience is None
+        assert not run.spec.evaluation.baseline  # scored once, in the first seed's iteration 0
+        if run.spec.method == "distill":
+            assert run.spec.training.max_steps == experiment.total_train_steps, arm.name
+        else:
+            first = shared_run(experiment, base, seed)
+            assert first.spec.iterations.max == 0
+            total = first.spec.training.max_steps + run.spec.training.max_steps * run.spec.iterations.max
+            assert experiment.total_train_steps - run.spec.iterations.max < total <= experiment.total_train_steps
+    assert {r.spec.mixing.policy for a, _, r in runs if a.name == experiment.reference} == {"teacher"}
+
+
+def test_medium_budget_has_power_and_fits() -> None:
+    _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", "medium")
+    spec = shared_run(experiment, base, 0).spec
+    assert len(experiment.seeds) >= 3 and spec.datasets.eval[0].synthetic.n >= 300
 
 
 def test_bad_experiments_fail_clearly(tmp_path: Path) -> None:
@@ -51,37 +65,101 @@ def test_bad_experiments_fail_clearly(tmp_path: Path) -> None:
     path = _experiment(tmp_path, arms=[{"name": "a", "patch": {}}, {"name": "a", "patch": {}}])
     with pytest.raises(ValueError, match="arm names must be unique"):
         load_experiment(path)
-    path = _experiment(tmp_path, arms=[{"name": "a", "patch": {"mixing": {"policy": "sometimes"}}},
+    with pytest.raises(ValueError, match="reference 'combined' is not an arm"):
+        load_experiment(_experiment(tmp_path, arms=[{"name": "a", "patch": {}}, {"name": "b", "patch": {}}]))
+    path = _experiment(tmp_path, arms=[{"name": "combined", "patch": {"mixing": {"policy": "sometimes"}}},
                                        {"name": "b", "patch": {}}])
     _, experiment, base = load_experiment(path)
     with pytest.raises(ValueError, match="spec.mixing.policy"):
         arm_runs(experiment, base)
+    path = _experiment(tmp_path, arms=[{"name": "combined", "patch": {"mixing": {"policy": "teacher"}}},
+                                       {"name": "cot", "patch": {"strategies": ["cot"]}}])
+    _, experiment, base = load_experiment(path)
+    with pytest.raises(ValueError, match="arm cot changes what iteration 0 is made of \\(strategies\\)"):
+        arm_runs(experiment, base)
 
 
-def test_tiny_experiment_runs_reports_and_resumes(tmp_path: Path) -> None:
+def cell(correct: int, n: int) -> dict:
+    return {"correct": correct, "n": n, "accuracy": correct / n}
+
+
+def test_pilot_gate_needs_two_families_with_opposite_winners() -> None:
+    opposite = {"piecewise": {"cot": cell(30, 50), "l2m": cell(25, 50), "pot": cell(18, 50)},
+                "big_arithmetic": {"cot": cell(5, 50), "l2m": cell(4, 50), "pot": cell(35, 50)}}
+    result = gate(opposite, 0.15)
+    assert result.passed and result.pair == ("big_arithmetic", "piecewise", "pot", "cot")
+    assert result.best == {"piecewise": "cot", "big_arithmetic": "pot"}
+    assert result.gaps["big_arithmetic"] == pytest.approx(0.62)
+
+    # pot wins everywhere, by a lot: strategy choice cannot matter, refused
+    pot_everywhere = {"piecewise": {"cot": cell(10, 50), "pot": cell(30, 50)},
+                      "round_up": {"cot": cell(12, 50), "pot": cell(28, 50)},
+                      "big_arithmetic": {"cot": cell(2, 50), "pot": cell(40, 50)}}
+    refused = gate(pot_everywhere, 0.15)
+    assert not refused.passed and "their best strategies: pot" in refused.reason
+
+    # opposite winners, but one family's gap is below the threshold
+    narrow = {"piecewise": {"cot": cell(22, 50), "pot": cell(18, 50)},
+              "big_arithmetic": {"cot": cell(5, 50), "pot": cell(35, 50)}}
+    assert not gate(narrow, 0.15).passed and gate(narrow, 0.05).passed
+
+
+def test_pilot_tabulates_counts_per_family_and_strategy() -> None:
+    rows = [{"family": "a", "forced": "cot", "verdict": v} for v in ("correct", "wrong", "correct")]
+    rows += [{"family": "a", "forced": "pot", "verdict": "timeout"}, {"family": "b", "forced": "pot", "verdict": "correct"}]
+    assert tabulate(rows) == {"a": {"cot": cell(2, 3), "pot": cell(0, 1)}, "b": {"pot": cell(1, 1)}}
+
+
+@pytest.mark.slow
+def test_tiny_experiment_branches_from_iteration0_reports_and_resumes(tmp_path: Path) -> None:
     path, out = _experiment(tmp_path), tmp_path / "out"
     summary = run_experiment(path, out)
 
-    assert set(summary["arms"]) == {"combined", "siked-all"}
-    combined, siked = summary["arms"]["combined"], summary["arms"]["siked-all"]
-    assert combined["runs"] == siked["runs"] == 2
-    assert combined["steps_per_stage"] == 4 and siked["steps_per_stage"] == 2  # equal compute
-    assert len(combined["iterations"]) == 1 and len(siked["iterations"]) == 2
-    for arm in (combined, siked):
-        stat = arm["final"]["synthetic-test"]
-        assert stat["n"] == 2 and stat["min"] <= stat["mean"] <= stat["max"]
-    assert siked["iterations"][1]["alpha"] is not None and combined["iterations"][0]["alpha"] is None
+    assert set(summary["arms"]) == {"combined", "siked-all", "pot-only"}
+    combined, siked, pot = (summary["arms"][a] for a in ("combined", "siked-all", "pot-only"))
+    assert combined["runs"] == siked["runs"] == pot["runs"] == 2
+    assert (combined["steps_per_stage"], siked["steps_per_stage"], pot["steps_per_stage"]) == (2, 2, 4)
+    assert [it["steps"] for it in siked["iterations"]] == [2, 2] and pot["steps"]["mean"] == 4
+    assert siked["iterations"][0]["shared"] and not pot["iterations"][0]["shared"]
+    # iteration 0 is the same model in every branching arm of a seed: hard links, one file
+    model = "iter-000/train/model/model.safetensors"
+    assert (out / "combined-s1" / model).stat().st_ino == (out / "siked-all-s1" / model).stat().st_ino \
+        == (out / "iteration0-s1" / model).stat().st_ino
+    assert combined["iterations"][1]["self_rows"] == 0 and combined["iterations"][1]["alpha"] == 1.0
+    # the untrained student is scored once
+    assert (out / "iteration0-s0" / "baseline" / "manifest.json").exists()
+    assert not any((out / d / "baseline").exists() for d in ("iteration0-s1", "siked-all-s0", "pot-only-s0"))
+    # paired statistics against the reference, per seed and per family
+    cmp_ = summary["comparisons"]["siked-all"]["synthetic-test"]
+    assert cmp_["n_seeds"] == 2 and len(cmp_["mcnemar"]) == 2 and cmp_["ci"][0] <= cmp_["diff"] <= cmp_["ci"][1]
+    assert "combined" not in summary["comparisons"]
+    assert summary["pilot"]["questions"] == 6 and (out / "pilot.png").exists()
     report = (out / "experiment.md").read_text()
-    assert "| combined | 2 | 4 |" in report and "| siked-all | 1 |" in report  # per-iteration rows
-    for png in ("final.png", "iterations.png", "strategies.png"):
+    assert "Primary result: fixed final iteration" in report and "| siked-all | 1 |" in report
+    for png in ("final.png", "iterations.png", "strategies.png", "routing.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "experiment.json").read_text())["total_train_steps"] == 4
 
     # Run again: every run is finished, nothing is redone.
     published = {d.name: {k: m["published_at"] for k, m in list_manifests(open_store(str(d))).items()}
                  for d in out.iterdir() if d.is_dir()}
-    assert len(published) == 4
+    assert len(published) == 8
     assert main(["experiment", str(path), "--dir", str(out)]) == 0
     again = {d.name: {k: m["published_at"] for k, m in list_manifests(open_store(str(d))).items()}
              for d in out.iterdir() if d.is_dir()}
     assert again == published
+
+
+@pytest.mark.slow
+def test_pilot_only_stops_after_iteration0_and_a_refusing_gate_stops_the_experiment(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["experiment", str(_experiment(tmp_path)), "--dir", str(out), "--pilot"]) == 0
+    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == ["iteration0-s0"]
+    pilot = json.loads((out / "pilot.json").read_text())
+    assert set(pilot["strategies"]) == {"cot", "l2m", "pot"}
+    assert sum(c["n"] for f in pilot["table"].values() for c in f.values()) == 3 * 6
+    # A random tiny model solves nothing: the gate refuses, and a required gate stops the grid.
+    assert not pilot["gate"]["passed"]
+    required = _experiment(tmp_path, pilot={"questions": 6, "required": True})
+    assert main(["experiment", str(required), "--dir", str(out)]) == 3
+    assert "Stopped: the pilot's gate refused" in (out / "experiment.md").read_text()

@@ -80,7 +80,7 @@ def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
     all_rows: list[dict] = []
     rounds, tokens = 0, 0
     if budget == 0:
-        log(f"sample[{iteration}]: mixing policy {spec.mixing.policy.value}, nothing to sample")
+        log(f"sample[{iteration}]: mixing policy {spec.mixing.policy}, nothing to sample")
     with StudentGenerator(spec, model, spec.sampling.batch_size) if budget else _Nothing() as gen:
         while budget > 0:
             if it.adaptive_budget:
