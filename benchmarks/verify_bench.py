@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from siked_runtime.sandbox import SandboxPool  # noqa: E402
+from siked_runtime.verification import SandboxPool  # noqa: E402
 
 
 def make_programs(n: int, seed: int = 0) -> list[tuple[str, int]]:

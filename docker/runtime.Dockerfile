@@ -11,7 +11,7 @@ ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DIS
 
 # Triton (under vLLM and torch.compile) builds small C launchers at run time: it needs gcc and Python.h.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libseccomp2 \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv "$VIRTUAL_ENV" \
  && useradd --uid 10001 --create-home siked

@@ -120,18 +120,70 @@ def cmd_schema(args) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
-    from siked_runtime.verify import Verifier, format_summary, summarize, verify_records
+def _verify_inputs(path: str) -> list[dict]:
+    """Every line of IN.jsonl as a record; a line that is not one becomes an `error` row, never an abort."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                rows.append({"line": n, "error": f"not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})"})
+                continue
+            if not isinstance(row, dict):
+                rows.append({"line": n, "error": f"expected a JSON object, got {type(row).__name__}"})
+                continue
+            missing = [k for k in ("answer", "completion") if k not in row]
+            if missing:
+                row = {**row, "error": f"missing {', '.join(missing)}"}
+            rows.append(row)
+    return rows
 
-    rows = list(_read_jsonl(args.input))
-    for n, row in enumerate(rows, 1):
-        missing = [k for k in ("answer", "completion") if k not in row]
+
+def cmd_verify(args) -> int:
+    from siked_runtime import credentials
+    from siked_runtime.verification import SandboxUnavailable
+
+    credentials.seal()  # no sandbox template or checker process inherits storage keys
+    require = [name for name in (args.require or "").split(",") if name]
+    try:
+        return _verify(args, require)
+    except SandboxUnavailable as exc:
+        print(f"siked verify: {exc}", file=sys.stderr)
+        return 2
+
+
+def _verify(args, require: list[str]) -> int:
+    from siked_runtime.verification import SandboxPool, Verifier, format_summary, summarize, verify_records
+    from siked_runtime.verification.policy import LAYERS
+
+    unknown = [name for name in require if name not in LAYERS]
+    if unknown:
+        raise ValueError(f"unknown sandbox layer(s) {', '.join(unknown)}; expected some of {', '.join(LAYERS)}")
+
+    if args.explain_sandbox:
+        with SandboxPool(size=1, timeout=args.timeout) as pool:
+            print(pool.explain())
+            missing = [name for name in require if not pool.layers[name][0]]
         if missing:
-            raise SystemExit(f"{args.input} record {n}: missing {', '.join(missing)}")
+            print(f"missing required layer(s): {', '.join(missing)}", file=sys.stderr)
+        return 1 if missing else 0
+    if args.input is None:
+        raise SystemExit("siked verify: IN.jsonl is required (or --explain-sandbox)")
+    rows = _verify_inputs(args.input)
+    good = [row for row in rows if "error" not in row]
     start = time.perf_counter()
-    with Verifier(timeout=args.timeout) as verifier:
-        out_rows = list(tqdm(verify_records(rows, verifier), total=len(rows), unit="item", desc="verify",
-                             file=sys.stderr, disable=args.quiet))
+    with Verifier(timeout=args.timeout, require=require) as verifier:
+        print("sandbox: " + ", ".join(f"{name} {'on' if on else 'OFF'}" for name, (on, _) in
+                                      verifier.sandbox.layers.items()), file=sys.stderr)
+        verified = iter(list(tqdm(verify_records(good, verifier), total=len(good), unit="item", desc="verify",
+                                  file=sys.stderr, disable=args.quiet)))
+    out_rows = [next(verified) if "error" not in row else
+                {**{k: v for k, v in row.items() if k != "error"},
+                 "strategy": None, "verdict": "error", "reason": row["error"], "predicted": None}
+                for row in rows]
     _write_jsonl(out_rows, args.out)
     summary = summarize(out_rows)
     print(format_summary(summary), file=sys.stderr)
@@ -206,9 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("verify", help="verify completions against gold answers")
-    p.add_argument("input", help="JSONL with id, answer (gold) and completion per line")
+    p.add_argument("input", nargs="?", help="JSONL with id, answer (gold) and completion per line")
     p.add_argument("--out", help="output JSONL (default: stdout)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds per program or symbolic check")
+    p.add_argument("--require", metavar="LAYERS",
+                   help="comma-separated sandbox layers to insist on (seccomp, landlock, netns, nondumpable, "
+                        "no_new_privs, rlimits, separate_uid); refuses to run without them")
+    p.add_argument("--explain-sandbox", action="store_true",
+                   help="print which sandbox layers are active on this machine, and exit (1 if --require fails)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
 

@@ -41,6 +41,8 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from siked_runtime import credentials
+
 MANIFEST = "manifest.json"
 
 # Suffix of in-flight local writes. A killed writer leaves such a file behind,
@@ -383,7 +385,8 @@ def _s3_client(endpoint_url: str | None) -> Any:
                 s3={"addressing_style": "path"} if endpoint_url else None,
             )
             # A private session: boto3's default session is not thread-safe.
-            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config,
+                                                     **credentials.s3_keys())
             _clients[cache_key] = client
     return client
 

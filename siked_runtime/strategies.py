@@ -100,21 +100,26 @@ def find_tag(text: str) -> tuple[str | None, int]:
     return None, 0
 
 
+# Lines of chatter (or of a cut-off statement) dropped at most from the end of a program.
+MAX_TRAILING_LINES = 64
+
+
 def extract_program(text: str) -> str | None:
     """The Python source in a pot solution: the first fenced block, else the longest parseable prefix."""
     fenced = _FENCE.search(text)
     source = fenced.group(1) if fenced else text
     lines = source.strip("\n").splitlines()
     # Drop chatter after the program (and a truncated last statement): keep the
-    # longest prefix of lines that parses.
-    for end in range(len(lines), 0, -1):
+    # longest prefix of lines that parses. Bounded: every attempt parses the whole
+    # prefix, and hostile text must not make this quadratic.
+    for end in range(len(lines), max(0, len(lines) - MAX_TRAILING_LINES), -1):
         candidate = "\n".join(lines[:end]).rstrip()
         if not candidate:
             continue
         try:
             ast.parse(candidate)
-        except SyntaxError:
-            continue
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue  # ValueError: NUL bytes; the others: absurd nesting
         return candidate + "\n"
     return None
 

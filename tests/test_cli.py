@@ -42,14 +42,27 @@ def test_verify_contract(tmp_path):
     assert "correct" in proc.stderr and "pot" in proc.stderr  # summary table
 
 
-def test_verify_rejects_malformed_input(tmp_path):
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"id": "a", "answer": "1", "completion": "1"}\nnot json\n')
-    proc = siked("verify", src, check=False)
-    assert proc.returncode != 0 and "line 2: not valid JSON" in proc.stderr
-    src.write_text('{"id": "a", "answer": "1"}\n')
-    proc = siked("verify", src, check=False)
-    assert proc.returncode != 0 and "missing completion" in proc.stderr
+def test_verify_turns_malformed_input_into_error_rows(tmp_path):
+    # One bad line must not cost the batch: every line gets a row, in order, with the reason.
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"id": "a", "answer": "1", "completion": "[cot]\\nAnswer: 1"}\nnot json\n[1, 2]\n'
+                   '{"id": "b", "answer": "1"}\n{"id": "c", "answer": {"x": 1}, "completion": "[cot]\\nAnswer: 1"}\n')
+    proc = siked("verify", src, "--out", out, "--quiet")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert proc.returncode == 0
+    assert [(r.get("id"), r["verdict"]) for r in rows] == [("a", "correct"), (None, "error"), (None, "error"),
+                                                          ("b", "error"), ("c", "error")]
+    assert rows[1]["reason"] == "not valid JSON (Expecting value)" and rows[1]["line"] == 2
+    assert rows[2]["reason"] == "expected a JSON object, got list"
+    assert rows[3]["reason"] == "missing completion" and rows[4]["reason"] == "no gold answer"
+
+
+def test_verify_explains_the_sandbox_and_enforces_required_layers():
+    proc = siked("verify", "--explain-sandbox")
+    assert proc.returncode == 0 and "seccomp" in proc.stdout and "landlock" in proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 7
+    proc = siked("verify", "--explain-sandbox", "--require", "nosuch", check=False)
+    assert proc.returncode == 2 and "unknown sandbox layer" in proc.stderr
 
 
 def test_synth_then_oracle_then_verify(tmp_path):

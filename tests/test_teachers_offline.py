@@ -50,7 +50,7 @@ def test_oracle_writes_every_strategy_correctly_for_every_family():
 
 @pytest.mark.parametrize("family", ["piecewise", "round_up"])
 def test_new_families_verify_correct_for_every_strategy(family):
-    verify = pytest.importorskip("siked_runtime.verify")
+    verify = pytest.importorskip("siked_runtime.verification")
     problems = generate(60, seed=31, families=[family])
     rows = list(oracle.teach(problems))
     for row in rows:
@@ -127,7 +127,7 @@ def test_oracle_strategy_subset_and_errors():
 
 
 def test_oracle_solutions_pass_the_verifier():
-    verify = pytest.importorskip("siked_runtime.verify")
+    verify = pytest.importorskip("siked_runtime.verification")
     rows = list(oracle.teach(generate(30, seed=8)))
     with verify.Verifier(pool_size=2) as verifier:
         verdicts = verifier.verify([(r["answer"], r["completion"]) for r in rows])

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from siked_runtime.verify import VERDICTS, Verdict, Verifier, as_number, format_summary, summarize, verify_records
+from siked_runtime.verification import VERDICTS, Verdict, Verifier, as_number, format_summary, summarize, verify_records
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_hung_symbolic_check_times_out_and_the_checker_recovers(verifier):
     start = time.monotonic()
     verdict = check(verifier, "9", "[cot]\nAnswer: 9^{9^{9^{9}}}")
     assert verdict.verdict == "timeout", verdict
-    assert time.monotonic() - start < verifier.symbolic_timeout + 4
+    assert time.monotonic() - start < verifier.symbolic.timeout + 4
     assert check(verifier, "x+1", "[cot]\nAnswer: 1+x").verdict == "correct"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 
+from siked_runtime import credentials
 from siked_runtime.graph import StageKey
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.storage import Store, clear_stage, publish, read_manifest
@@ -38,14 +39,26 @@ def _function(stage: str):
     }[stage]
 
 
+# Stages that run model-written programs in the sandbox.
+VERIFYING = frozenset({"teacher", "baseline", "teacher-eval", "sample", "eval"})
+
+
 def run_stage(spec: DistillationSpec, store: Store, key: StageKey) -> dict:
     """Run one stage to completion and publish its manifest; a finished stage is a no-op."""
+    # From here on no child process inherits the storage or teacher keys.
+    credentials.seal([spec.teacher.api_key_env])
     done = read_manifest(store, key.prefix)
     if done is not None:
         return done
+    sandbox = None
+    if key.stage in VERIFYING:
+        from siked_runtime.stages.verification import check_sandbox
+
+        sandbox = check_sandbox(spec.verification)  # refuses to start without a required layer
     clear_stage(store, key.prefix)
     start = time.perf_counter()
     manifest = _function(key.stage)(spec, store, key.iteration)
     manifest = {"stage": key.stage, "iteration": key.iteration, **manifest,
+                **({"sandbox_layers": sandbox} if sandbox is not None else {}),
                 "duration_seconds": round(time.perf_counter() - start, 3)}
     return publish(store, key.prefix, manifest)

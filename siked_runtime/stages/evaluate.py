@@ -46,7 +46,7 @@ def evaluate_model(spec: DistillationSpec, store: Store, model_path, prefix: str
             completions = gen.generate([r["question"] for r in records], n=1, temperature=0.0,
                                        max_new_tokens=spec.evaluation.max_new_tokens, what=f"{prefix} {name}")
             rows = [{"id": r["id"], "answer": r["answer"], "completion": c[0]} for r, c in zip(records, completions)]
-            scored[name] = verify_rows(rows, f"{prefix} verify {name}")
+            scored[name] = verify_rows(rows, f"{prefix} verify {name}", spec.verification)
         tokens = gen.tokens
     manifest = _publish_sets(store, prefix, scored)
     manifest |= {"model": str(model_path), "generated_tokens": tokens,
@@ -76,6 +76,6 @@ def run_teacher_eval(spec: DistillationSpec, store: Store, iteration: int | None
     from siked_runtime.stages.teacher import raw_solutions
 
     prefix = StageKey(TEACHER_EVAL).prefix
-    scored = {name: verify_rows(raw_solutions(spec, records), f"{prefix} verify {name}")
+    scored = {name: verify_rows(raw_solutions(spec, records), f"{prefix} verify {name}", spec.verification)
               for name, records in eval_sets(spec).items()}
     return _publish_sets(store, prefix, scored)

@@ -63,7 +63,7 @@ def run_teacher(spec: DistillationSpec, store: Store, iteration: int | None = No
     raw = raw_solutions(spec, records)
     # A row's strategy is what it was asked for; the verifier's parse may disagree
     # (a teacher that ignored the requested tag), and such rows are not kept.
-    verified = verify_rows(raw, "teacher verify")
+    verified = verify_rows(raw, "teacher verify", spec.verification)
     for asked, row in zip(raw, verified):
         if row["strategy"] != asked["strategy"]:
             row["verdict"], row["reason"] = "wrong", f"asked for {asked['strategy']}, wrote {row['strategy']}"

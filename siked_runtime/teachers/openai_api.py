@@ -13,13 +13,13 @@ the manifest.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import httpx
 
+from siked_runtime import credentials
 from siked_runtime.teachers.fewshot import teacher_messages
 
 RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -55,7 +55,7 @@ class ChatClient:
         return self.endpoint.rstrip("/") + "/chat/completions"
 
     def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.api_key_env)
+        key = credentials.get(self.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:

@@ -1,6 +1,6 @@
 """Batch verification of completions against gold answers.
 
-    from siked_runtime.verify import Verifier, verify_records, summarize, format_summary
+    from siked_runtime.verification import Verifier, verify_records, summarize, format_summary
 
     with Verifier() as verifier:
         verdicts = verifier.verify([("72", "[cot]\\n48 / 2 = 24 ...\\nAnswer: 72"),
@@ -11,37 +11,33 @@
     print(format_summary(summarize(rows)))
 
 Each completion is parsed (`strategies.parse_solution`); pot programs run in the sandbox
-(`sandbox.SandboxPool`); answers that are plain numbers compare with a tolerance here, and
-anything else (fractions of pi, expressions, intervals) goes through math-verify in worker
-processes, because sympy can hang on hostile input and its timeouts use signals.
+(`sandbox.SandboxPool`), which reports only the value a program produced; the verdict
+is decided here, where alone the gold answer is. Answers that are plain numbers compare
+with a tolerance here, and anything else (fractions of pi, expressions, intervals) goes
+through math-verify in worker processes (`symbolic.SymbolicChecker`).
 
-Verdicts: correct | wrong | no_answer | timeout | error.
-
-The symbolic workers are started with `spawn` (never a fork of a caller holding a model),
-so a script that verifies at import time needs the usual `if __name__ == "__main__":` guard.
+Verdicts: correct | wrong | no_answer | timeout | error. Every item gets one: a
+completion that cannot be parsed, is too long, or breaks the sandbox's reply format is
+an `error` for that item alone, and a batch always completes.
 """
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import re
-import signal
-import time
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from siked_runtime.answers import numbers_equal, numbers_in, parse_number
-from siked_runtime.sandbox import SandboxPool
-from siked_runtime.strategies import STRATEGIES, parse_solution
+from siked_runtime.strategies import STRATEGIES, ParsedSolution, parse_solution
+from siked_runtime.verification.sandbox import DEFAULT_MEMORY_MB, SandboxPool
+from siked_runtime.verification.symbolic import SymbolicChecker
 
 VERDICTS: tuple[str, ...] = ("correct", "wrong", "no_answer", "timeout", "error")
 MAX_SYMBOLIC_CHARS = 400
 MAX_PRINTED_ANSWER_CHARS = 100
+# Longer completions are not parsed (a model's solution is a few KB; parsing is not free).
+MAX_COMPLETION_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -91,61 +87,19 @@ def _normalised(text: str) -> str:
     return re.sub(r"\s+|\$|\\[,!;]", "", text).rstrip(".").lower()
 
 
-# -- symbolic checks (worker processes) -------------------------------------------------
-
-
-class _SymbolicTimeout(BaseException):
-    """Raised by our alarm; a BaseException so math-verify's `except Exception` lets it through."""
-
-
-def _alarm(signum, frame):
-    raise _SymbolicTimeout()
-
-
-def _latex_candidates(text: str) -> list[str]:
-    text = text.strip()
-    if "$" in text or "\\boxed" in text or "\\(" in text:
-        return [text]
-    # math-verify only reads LaTeX between delimiters; plain "x+1" parses there too.
-    return [f"${text}$", text]
-
-
-def _parse(text: str):
-    from math_verify import parse
-
-    for candidate in _latex_candidates(text):
-        parsed = parse(candidate, parsing_timeout=None)
-        if parsed:
-            return parsed
-    return []
-
-
-def _init_symbolic_worker() -> None:
-    # Timeouts are ours (an alarm per check); math-verify warns once about its own being off.
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    import math_verify  # noqa: F401  (pay the import once, at start)
-
-    signal.signal(signal.SIGALRM, _alarm)
-
-
-def symbolic_check(gold: str, predicted: str, timeout: float) -> str:
-    """'correct', 'wrong' or 'timeout'; runs in a worker process (uses SIGALRM)."""
-    from math_verify import verify
-
-    signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        gold_parsed, predicted_parsed = _parse(gold), _parse(predicted)
-        if not gold_parsed or not predicted_parsed:
-            return "wrong"
-        return "correct" if verify(gold_parsed, predicted_parsed, timeout_seconds=None) else "wrong"
-    except _SymbolicTimeout:
-        return "timeout"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
 # -- the verifier -----------------------------------------------------------------------
+
+
+def _parse(completion) -> ParsedSolution | Verdict:
+    """The parsed completion, or an `error` verdict when it cannot be parsed safely."""
+    if not isinstance(completion, str):
+        return Verdict("error", None, None, f"completion is {type(completion).__name__}, not text")
+    if len(completion) > MAX_COMPLETION_CHARS:
+        return Verdict("error", None, None, f"completion longer than {MAX_COMPLETION_CHARS} characters")
+    try:
+        return parse_solution(completion)
+    except (RecursionError, MemoryError, ValueError) as exc:
+        return Verdict("error", None, None, f"completion could not be parsed ({type(exc).__name__})")
 
 
 class Verifier:
@@ -158,23 +112,28 @@ class Verifier:
         symbolic_timeout: float = 5.0,
         symbolic_workers: int = 1,
         sandbox: SandboxPool | None = None,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+        require: Iterable[str] = (),
     ):
         self.timeout = timeout
-        self.symbolic_timeout = symbolic_timeout
-        self.symbolic_workers = max(1, symbolic_workers)
         self._owns_sandbox = sandbox is None
-        self.sandbox = sandbox if sandbox is not None else SandboxPool(size=pool_size, timeout=timeout)
-        self._symbolic: ProcessPoolExecutor | None = None
+        self.sandbox = sandbox if sandbox is not None else SandboxPool(
+            size=pool_size, timeout=timeout, memory_mb=memory_mb, require=require)
+        self.symbolic = SymbolicChecker(symbolic_workers, symbolic_timeout)
 
     def verify(self, items: list[tuple[str, str]]) -> list[Verdict]:
         """Verdicts for (gold_answer_text, completion_text) pairs, in input order."""
-        parsed = [parse_solution(completion) for _, completion in items]
-        to_run = [i for i, p in enumerate(parsed) if p.program is not None and not p.problem]
+        parsed = [_parse(completion) for _, completion in items]
+        to_run = [i for i, p in enumerate(parsed)
+                  if isinstance(p, ParsedSolution) and p.program is not None and not p.problem]
         runs = dict(zip(to_run, self.sandbox.run_many([parsed[i].program for i in to_run], self.timeout)))
 
         verdicts: list[Verdict | None] = [None] * len(items)
         symbolic: list[tuple[int, str, str]] = []
         for i, ((gold, _), p) in enumerate(zip(items, parsed)):
+            if isinstance(p, Verdict):
+                verdicts[i] = p
+                continue
             predicted = p.answer
             if i in runs:
                 run = runs[i]
@@ -191,21 +150,25 @@ class Verifier:
             if predicted is None:
                 verdicts[i] = Verdict("no_answer", p.strategy, None, p.problem or "no answer")
                 continue
-            if gold is None or not str(gold).strip():
+            if not isinstance(gold, str) or not gold.strip():
                 verdicts[i] = Verdict("error", p.strategy, predicted, "no gold answer")
                 continue
-            outcome = _compare_cheaply(str(gold), predicted)
+            try:
+                outcome = _compare_cheaply(gold, predicted)
+            except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
+                outcome = ("error", f"answer could not be compared ({type(exc).__name__})")
             if outcome is not None:
                 verdicts[i] = Verdict(outcome[0], p.strategy, predicted, outcome[1])
             else:
-                symbolic.append((i, str(gold), predicted))
+                symbolic.append((i, gold, predicted))
 
-        for (i, gold, predicted), (verdict, reason) in zip(symbolic, self._check_symbolic(symbolic)):
+        checked = self.symbolic.check([(gold, predicted) for _, gold, predicted in symbolic])
+        for (i, _, predicted), (verdict, reason) in zip(symbolic, checked):
             verdicts[i] = Verdict(verdict, parsed[i].strategy, predicted, reason)
         return verdicts  # type: ignore[return-value]
 
     def close(self) -> None:
-        self._stop_symbolic()
+        self.symbolic.close()
         if self._owns_sandbox:
             self.sandbox.close()
 
@@ -214,88 +177,6 @@ class Verifier:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # -- symbolic pool ------------------------------------------------------------------
-
-    def _check_symbolic(self, jobs: list[tuple[int, str, str]]) -> list[tuple[str, str]]:
-        pairs = [(gold, predicted) for _, gold, predicted in jobs]
-        results: list[tuple[str, str]] = []
-        # In waves of one job per worker, so every job gets its whole timeout and a hung
-        # one only costs its own wave.
-        for start in range(0, len(pairs), self.symbolic_workers):
-            wave = pairs[start:start + self.symbolic_workers]
-            outcomes = self._run_wave(wave)
-            crashed = [k for k, outcome in enumerate(outcomes) if outcome is None]
-            if crashed:
-                # Once more on a fresh pool: the worker may have died of something else
-                # (killed from outside, out of memory) while holding this job.
-                retried = self._run_wave([wave[k] for k in crashed])
-                for k, outcome in zip(crashed, retried):
-                    outcomes[k] = outcome or ("error", "symbolic checker crashed")
-            results.extend(outcomes)  # type: ignore[arg-type]
-        return results
-
-    def _run_wave(self, wave: list[tuple[str, str]]) -> list[tuple[str, str] | None]:
-        """One outcome per pair; None where the worker process died."""
-        pool = self._symbolic_pool()
-        try:
-            futures = [pool.submit(symbolic_check, gold, predicted, self.symbolic_timeout)
-                       for gold, predicted in wave]
-        except BrokenProcessPool:
-            self._stop_symbolic()
-            return [None] * len(wave)
-        # The alarm inside the worker fires first; this catches C code that ignores it.
-        deadline = time.monotonic() + self.symbolic_timeout + 2.0
-        too_slow = f"symbolic check exceeded {self.symbolic_timeout:g}s"
-        outcomes: list[tuple[str, str] | None] = []
-        broken = False
-        for future in futures:
-            try:
-                verdict = future.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                outcomes.append(("timeout", too_slow))
-                broken = True
-            except BrokenProcessPool:
-                outcomes.append(None)
-                broken = True
-            except Exception as exc:  # noqa: BLE001 - reported as the item's verdict
-                outcomes.append(("error", f"symbolic check failed: {type(exc).__name__}: {exc}"[:300]))
-            else:
-                reason = {"correct": "symbolically equivalent", "wrong": "not equivalent", "timeout": too_slow}
-                outcomes.append((verdict, reason[verdict]))
-        if broken:
-            self._stop_symbolic()
-        return outcomes
-
-    def _symbolic_pool(self) -> ProcessPoolExecutor:
-        if self._symbolic is None:
-            # spawn, not fork: the caller may hold a model, CUDA state or threads.
-            pool = ProcessPoolExecutor(
-                self.symbolic_workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_symbolic_worker,
-            )
-            # Start the workers (and their math-verify import) before any deadline counts.
-            for future in [pool.submit(_ready) for _ in range(self.symbolic_workers)]:
-                future.result(timeout=120)
-            self._symbolic = pool
-        return self._symbolic
-
-    def _stop_symbolic(self) -> None:
-        pool, self._symbolic = self._symbolic, None
-        if pool is None:
-            return
-        # A running task cannot be cancelled; its process has to go. ProcessPoolExecutor
-        # has no public way to reach its processes.
-        for process in list(getattr(pool, "_processes", {}).values()):
-            try:
-                process.kill()
-            except (OSError, AttributeError):
-                pass
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _ready() -> bool:
-    return True
 
 
 def _printed_answer(output: str) -> str | None:
@@ -348,14 +229,19 @@ def verify_records(
 
 
 def _verify_batch(verifier: Verifier, batch: list[dict]) -> Iterator[dict]:
-    items = [(_text(r.get("answer")), _text(r.get("completion"))) for r in batch]
+    items = [(_gold(r.get("answer")), r.get("completion", "")) for r in batch]
     for record, verdict in zip(batch, verifier.verify(items)):
         yield {**record, "strategy": verdict.strategy, "verdict": verdict.verdict,
                "reason": verdict.reason, "predicted": verdict.predicted}
 
 
-def _text(value) -> str:
-    return "" if value is None else str(value)
+def _gold(value) -> str:
+    """A gold answer as text: strings and numbers; anything else is no gold answer."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return ""
 
 
 def summarize(rows: Iterable[dict]) -> dict:
