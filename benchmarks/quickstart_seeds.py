@@ -1,0 +1,126 @@
+"""The quickstart for several seeds: does it show SIKeD's improvement and routing shift every time?
+
+    python -m benchmarks.quickstart_seeds --seeds 0 1 2 --work runs/quickstart-seeds \
+        --out benchmarks/results/quickstart-seeds
+
+Runs `examples/quickstart.yaml` once per seed (spec.seed patched; nothing else), each in
+`<work>/s<seed>` (rerun to resume: finished runs are kept), and writes `quickstart-seeds.json`,
+`quickstart-seeds.md` and `quickstart-seeds.png` to `--out`: per seed, validation and test
+accuracy at iteration 0 and at the last iteration with the difference's 95% interval (paired
+bootstrap over the test questions), the student's strategy use per family at both iterations,
+and each run's wall time (the sum of its stages' durations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmarks.student import QUICKSTART
+from siked_runtime.graph import EVAL, VALIDATION, StageKey
+from siked_runtime.local_runner import run_local
+from siked_runtime.report import png, pyplot
+from siked_runtime.spec import parse_manifest
+from siked_runtime.stages.data import eval_sets
+from siked_runtime.stats import paired_bootstrap
+from siked_runtime.storage import list_manifests, open_store
+from siked_runtime.strategies import STRATEGIES
+
+
+def predictions(store, iteration: int, name: str) -> dict[str, dict]:
+    rows = store.read_jsonl(f"{StageKey(EVAL, iteration).prefix}/predictions-{name}.jsonl.gz")
+    return {r["id"]: r for r in rows}
+
+
+def seed_result(run, run_dir: Path, seconds: float | None) -> dict:
+    store = open_store(str(run_dir))
+    manifests = list_manifests(store)
+    report = json.loads((run_dir / "report.json").read_text())
+    last = report["iterations"][-1]["iteration"]
+    families = {r["id"]: r["meta"]["family"] for records in eval_sets(run.spec).values() for r in records}
+    out = {"seed": run.spec.seed, "last_iteration": last, "sets": {}, "families": {},
+           "stage_seconds": round(sum(m.get("duration_seconds") or 0.0 for m in manifests.values()), 1),
+           "wall_seconds": seconds,
+           "self_rows": [it["self_rows"] for it in report["iterations"]]}
+    for name in eval_sets(run.spec):
+        first, final = predictions(store, 0, name), predictions(store, last, name)
+        ids = sorted(first)
+        a = np.array([final[q]["verdict"] == "correct" for q in ids], dtype=float)
+        b = np.array([first[q]["verdict"] == "correct" for q in ids], dtype=float)
+        out["sets"][name] = {"n": len(ids), "iteration0": float(b.mean()), "final": float(a.mean()),
+                             "gain": paired_bootstrap(a, b, seed=run.spec.seed)}
+        if name == VALIDATION:
+            continue
+        for family in sorted({families[q] for q in ids}):
+            mine = [q for q in ids if families[q] == family]
+            out["families"][family] = {
+                when: {"accuracy": sum(p[q]["verdict"] == "correct" for q in mine) / len(mine),
+                       **{s: sum(p[q].get("strategy") == s for q in mine) / len(mine) for s in STRATEGIES}}
+                for when, p in (("iteration0", first), ("final", final))} | {"n": len(mine)}
+    return out
+
+
+def render(results: list[dict]) -> str:
+    lines = ["# Quickstart, several seeds", "",
+             "`examples/quickstart.yaml` with only spec.seed changed. Gain: last iteration − iteration 0 on the "
+             "same questions, paired bootstrap 95% interval.", "",
+             "| seed | set | n | iteration 0 | last | gain [95% CI] | wall s | stage s |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for name, s in r["sets"].items():
+            g = s["gain"]
+            lines.append(f"| {r['seed']} | {name} | {s['n']} | {s['iteration0']:.3f} | {s['final']:.3f} | "
+                         f"{g['diff']:+.3f} [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}] | "
+                         f"{r['wall_seconds'] if r['wall_seconds'] is not None else '–'} | {r['stage_seconds']} |")
+    lines += ["", "Per family (test set): accuracy and the student's cot / l2m / pot shares, iteration 0 → last.", "",
+              "| seed | family | n | accuracy | cot | l2m | pot |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for family, f in r["families"].items():
+            a, b = f["iteration0"], f["final"]
+            lines.append(f"| {r['seed']} | {family} | {f['n']} | {a['accuracy']:.2f} → {b['accuracy']:.2f} | "
+                         + " | ".join(f"{a[s]:.2f} → {b[s]:.2f}" for s in STRATEGIES) + " |")
+    return "\n".join(lines + ["", "![quickstart seeds](quickstart-seeds.png)", ""])
+
+
+def plot(results: list[dict]) -> bytes:
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.8))
+    for k, r in enumerate(results):
+        for j, (name, s) in enumerate(r["sets"].items()):
+            ax.plot([0, r["last_iteration"]], [s["iteration0"], s["final"]], "o-" if j else "o--", color=f"C{k}",
+                    label=f"seed {r['seed']} {name}")
+    ax.set(xlabel="iteration", ylabel="accuracy", ylim=(0, 1), title="Quickstart: iteration 0 → last, per seed")
+    ax.legend(fontsize=7)
+    return png(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", type=Path, default=Path("runs/quickstart-seeds"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quickstart-seeds"))
+    args = parser.parse_args(argv)
+    base = yaml.safe_load(QUICKSTART.read_text())
+    results = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    saved = args.out / "quickstart-seeds.json"
+    walls = {r["seed"]: r["wall_seconds"] for r in json.loads(saved.read_text())} if saved.exists() else {}
+    for seed in args.seeds:
+        run = parse_manifest({**base, "spec": {**base["spec"], "seed": seed}}, f"quickstart seed {seed}")
+        run_dir = args.work / f"s{seed}"
+        fresh = not (run_dir / "report.json").exists()
+        started = time.perf_counter()
+        run_local(run, run_dir)
+        # Wall time only for a run made in one go; a resumed one keeps what it had.
+        seconds = round(time.perf_counter() - started, 1) if fresh else walls.get(seed)
+        results.append(seed_result(run, run_dir, seconds))
+        saved.write_text(json.dumps(results, indent=1))
+        (args.out / "quickstart-seeds.md").write_text(render(results))
+        (args.out / "quickstart-seeds.png").write_bytes(plot(results))
+
+
+if __name__ == "__main__":
+    main()
