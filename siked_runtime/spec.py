@@ -347,26 +347,29 @@ class EvaluationSpec(Spec):
     max_new_tokens: int = Field(256, ge=8, le=32768, description="Token limit per answer.")
 
 
-# Mirrors siked_runtime.verification.policy.LAYERS (imported lazily there: the operator has no sandbox).
-SANDBOX_LAYERS = ("seccomp", "landlock", "netns", "nondumpable", "no_new_privs", "rlimits", "separate_uid")
+class SandboxLayer(str, Enum):
+    """Isolation layers of the PoT sandbox (siked_runtime.verification.policy says what each does)."""
+
+    seccomp = "seccomp"
+    landlock = "landlock"
+    netns = "netns"
+    nondumpable = "nondumpable"
+    no_new_privs = "no_new_privs"
+    rlimits = "rlimits"
+    separate_uid = "separate_uid"
+
+
+SANDBOX_LAYERS: tuple[str, ...] = tuple(layer.value for layer in SandboxLayer)
 
 
 class VerificationSpec(Spec):
     timeout_seconds: float = Field(3.0, gt=0, le=600, description="Wall-clock limit per PoT program.")
     memory_mb: int = Field(256, ge=64, le=65536, description="Address-space limit per PoT program process.")
-    require_layers: list[str] = Field(
-        default_factory=lambda: ["seccomp"],
-        description="Sandbox layers without which a verifying stage refuses to start: "
-                    + ", ".join(SANDBOX_LAYERS) + " (`siked verify --explain-sandbox` shows what a machine has).",
+    require_layers: list[SandboxLayer] = Field(
+        default_factory=lambda: [SandboxLayer.seccomp.value],
+        description="Sandbox layers without which a verifying stage refuses to start "
+                    "(`siked verify --explain-sandbox` shows what a machine has).",
     )
-
-    @field_validator("require_layers")
-    @classmethod
-    def _layers(cls, v: list[str]) -> list[str]:
-        for i, name in enumerate(v):
-            if name not in SANDBOX_LAYERS:
-                raise ValueError(f"[{i}] unknown sandbox layer {name!r}; expected one of {', '.join(SANDBOX_LAYERS)}")
-        return v
 
 
 class Schedule(str, Enum):
