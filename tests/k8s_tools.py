@@ -162,6 +162,8 @@ class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator plus what kube-apiserver adds itself (see the module docstring)."""
 
     printer_columns: dict[Any, list[dict[str, Any]]] = attrs.field(factory=dict)
+    # Custom resource -> the openAPIV3Schema of its CRD (validation and pruning).
+    schemas: dict[Any, dict[str, Any]] = attrs.field(factory=dict)
     # (plural, namespace, name) -> time.monotonic() of each creation, for latency measurements.
     created_at: dict[tuple[str, str | None, str], list[float]] = attrs.field(factory=dict)
     # (bearer token, method, path, watch) of every request that carried a token: who called what.
@@ -272,6 +274,10 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         found = await super()._serve_list(request)
+        selector = request.url.query.get("labelSelector")
+        if selector:
+            found["items"] = [o for o in found["items"]
+                              if selector_matches(selector, (o.get("metadata") or {}).get("labels"))]
         # Not .get(): looking up a missing resource in kmock's array declares it.
         info = self.resources[request.resource] if request.resource in self.resources else None  # noqa: SIM401
         if info is not None and info.kind:
@@ -280,6 +286,70 @@ class Emulator(kmock.KubernetesEmulator):
             found["apiVersion"] = f"{resource.group}/{resource.version}" if resource.group else resource.version
         found["metadata"] = {"resourceVersion": str(self._version)}
         return found
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        """kmock's watch, plus the label selector kube-apiserver applies (kmock streams every object)."""
+        selector = request.url.query.get("labelSelector")
+        async for event in super()._serve_watch(request):
+            if not selector or not isinstance(event, dict) or selector_matches(
+                    selector, ((event.get("object") or {}).get("metadata") or {}).get("labels")):
+                yield event
+
+    # --- admission: what kube-apiserver refuses or drops before it stores an object ---------------
+
+    def _live(self, resource: Any, namespace: str | None, name: str | None) -> dict[str, Any] | None:
+        key = (resource, namespace, name)
+        return self.objects[key].raw if key in self.objects and not self.objects[key].deleted else None
+
+    def _admit(self, request: kmock.Request) -> None:
+        data, resource = request.data, request.resource
+        if request.action == kmock.action.CREATE and isinstance(data, dict):
+            obj = data
+        elif request.action == kmock.action.UPDATE and isinstance(data, dict) and request.name:
+            current = self._live(resource, request.namespace, request.name)
+            if current is None:
+                return  # kmock answers 404
+            obj = None
+        else:
+            return  # JSON patches (a `test` of resourceVersion and such) and deletions
+        schema = self.schemas.get(resource)
+        if schema is not None:
+            # Unknown fields disappear, as with a structural schema; what is left must validate.
+            pruned_data = prune(data, schema)
+            data.clear()
+            data.update(pruned_data)
+            if obj is None:
+                obj = merge_patch(current, data)
+        elif obj is None:
+            return  # updates of built-in objects (kubelet's status reports): not checked here
+        info = self.resources[resource] if resource in self.resources else None  # noqa: SIM401
+        obj = {"kind": info.kind if info else "", "apiVersion": _api_version(resource), **obj}
+        meta = obj.setdefault("metadata", {})
+        if request.action == kmock.action.CREATE and not meta.get("name") and meta.get("generateName"):
+            obj["metadata"] = meta = {**meta, "name": meta["generateName"] + "x0x0x"}  # as _stamp will name it
+        namespace = self._live(kmock.resource("", "v1", "namespaces"), None, request.namespace) or {}
+        problems = admit(obj, crd_schema=schema, namespace_labels=(namespace.get("metadata") or {}).get("labels"))
+        if problems:
+            forbidden = any("PodSecurity" in p for p in problems)
+            name = (obj.get("metadata") or {}).get("name")
+            raise kmock.KubernetesError(status=403 if forbidden else 422,
+                                        reason="Forbidden" if forbidden else "Invalid",
+                                        message=f"{obj['kind']} {name!r} is invalid: " + "; ".join(problems))
+
+    async def _collect_garbage(self) -> None:
+        """kube-controller-manager's garbage collector: objects whose owners are all gone go too (background)."""
+        async with self._lock:
+            while True:
+                live = {obj.raw.get("metadata", {}).get("uid") for obj in self.objects.values() if not obj.deleted}
+                orphans = [(key, obj) for key, obj in self.objects.items() if not obj.deleted
+                           and (refs := obj.raw.get("metadata", {}).get("ownerReferences"))
+                           and not any(ref.get("uid") in live for ref in refs)]
+                if not orphans:
+                    return
+                for (resource, _, _), obj in orphans:
+                    raw = obj.raw
+                    obj.delete()
+                    await self._buses[resource].put({"type": "DELETED", "object": raw})
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if len(self._requests) > 1000:  # the request log is for assertions; keep its tail
@@ -309,12 +379,32 @@ class Emulator(kmock.KubernetesEmulator):
             wants_table = "as=Table" in request.headers.get("Accept", "")
             if columns and wants_table and request.action in (kmock.action.LIST, kmock.action.FETCH):
                 return self._table(request, columns)
+            if request.action == kmock.action.CREATE and self._same(request.resource, _JOBS):
+                self._kueue_default(request.data)
+            self._admit(request)
             self._stamp(request)
         try:
-            return await super()._handle(request)
+            response = await super()._handle(request)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             # kube-apiserver answers a failed `test` operation (a stale resourceVersion) with 422.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+        if request.resource is not None and request.action in (kmock.action.DELETE, kmock.action.UPDATE):
+            await self._collect_garbage()
+        return response
+
+    @staticmethod
+    def _kueue_default(job: Any) -> None:
+        """Kueue's mutating webhook: a Job with a queue name is created suspended, whatever it asked."""
+        if isinstance(job, dict) and ((job.get("metadata") or {}).get("labels") or {}).get(QUEUE):
+            job.setdefault("spec", {})["suspend"] = True
+
+
+_JOBS = kmock.resource("batch", "v1", "jobs")
+QUEUE = "kueue.x-k8s.io/queue-name"
+
+
+def _api_version(resource: Any) -> str:
+    return f"{resource.group}/{resource.version}" if resource.group else resource.version
 
 
 def declare_resources(emulator: Emulator, crd: dict[str, Any]) -> None:
@@ -328,11 +418,13 @@ def declare_resources(emulator: Emulator, crd: dict[str, Any]) -> None:
             categories=set(names.get("categories", [])), namespaced=crd["spec"]["scope"] == "Namespaced",
             verbs=verbs, subresources=set(version.get("subresources", {})))
         emulator.printer_columns[resource] = version.get("additionalPrinterColumns", [])
+        emulator.schemas[resource] = version["schema"]["openAPIV3Schema"]
     builtin = {
         "batch/v1/jobs": ("Job", "job", True, {"status"}),
         "v1/pods": ("Pod", "pod", True, {"status", "log"}),
         "v1/events": ("Event", "event", True, set()),
         "v1/secrets": ("Secret", "secret", True, set()),
+        "coordination.k8s.io/v1/leases": ("Lease", "lease", True, set()),
         "v1/namespaces": ("Namespace", "namespace", False, set()),
         "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition",
                                                               "customresourcedefinition", False, set()),
@@ -439,7 +531,11 @@ class Api:
         if response.status == 404 and method in ("GET", "DELETE"):
             return None
         if response.status >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status} {response.data[:500]!r}")
+            try:
+                said = json.loads(response.data).get("message")
+            except (ValueError, AttributeError):
+                said = None
+            raise RuntimeError(f"{method} {path}: {response.status} {said or response.data[:500]!r}")
         return json.loads(response.data) if response.data else None
 
     def get(self, path: str) -> Any:
@@ -509,12 +605,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 @dataclass
 class Simulated:
     """A container the kubelet only pretends to run: it takes `seconds`, exits with `exit_code`
-    and leaves `message` as its termination message; `publish` writes the stage's manifest first."""
+    and leaves `message` as its termination message; `publish` writes the stage's manifest first.
+    `evicted`: after `seconds` the pod is evicted (a drain, a preemption) with a DisruptionTarget condition."""
 
     exit_code: int = 0
     message: str = ""
     seconds: float = 0.0
     publish: bool = True
+    evicted: bool = False
 
 
 def fake_manifest(stage: str, iteration: int | None, accuracy: float = 0.5) -> dict[str, Any]:
@@ -531,28 +629,58 @@ def fake_manifest(stage: str, iteration: int | None, accuracy: float = 0.5) -> d
     return {"rows": 36}
 
 
+class Interrupted(Exception):
+    """The pod stopped from outside: its Job was deleted or suspended."""
+
+
 @dataclass
-class Container:
+class JobRun:
+    """What the simulated Job controller knows of one Job: its latest version, and a signal on each change."""
+
     job: dict[str, Any]
-    thread: threading.Thread
+    thread: threading.Thread | None = None
     process: subprocess.Popen | None = None
-    gone: threading.Event = field(default_factory=threading.Event)  # the Job was deleted, or the node stops
+    changed: threading.Event = field(default_factory=threading.Event)
+    gone: threading.Event = field(default_factory=threading.Event)  # deleted, or the node stops
 
     @property
-    def deleted(self) -> bool:
-        return self.gone.is_set()
+    def suspended(self) -> bool:
+        return bool((self.job.get("spec") or {}).get("suspend"))
+
+    def wait(self, seconds: float | None) -> None:
+        """Sleep, unless the Job goes or is suspended meanwhile (then Interrupted)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while True:
+            if self.gone.is_set() or self.suspended:
+                raise Interrupted()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            self.changed.wait(0.5 if left is None else min(left, 0.5))
+            self.changed.clear()
 
 
 @dataclass
 class SimulatedKubelet:
-    """Runs each stage Job the operator creates and reports its outcome through the API.
+    """Plays the Job controller, the scheduler, the kubelet and Kueue for the Jobs the operator creates.
 
-    It watches Jobs. For every new one it starts the container's command and args as a local process, with the
-    container's env (Secrets resolved, `envFrom` included), the Job's volumes mapped to temporary
-    directories and its terminationMessagePath to a file; then it creates the Job's Pod with the
-    terminated container state and marks the Job Complete or Failed. `simulate(job)` may return a
-    `Simulated` container instead, for tests about how the operator handles a Job's outcome.
-    A Job deleted while it runs has its process killed, as kubelet would.
+    It watches Jobs. For each one (unless suspended) it creates a Pod through the API (so admission,
+    Pod Security included, applies), then:
+      * schedules it against `node_labels` (a nodeSelector that no node has leaves it Pending with
+        PodScheduled=False, reason Unschedulable, as the scheduler does);
+      * pulls its image (an image in `missing_images` leaves it waiting in ErrImagePull, then
+        ImagePullBackOff);
+      * resolves the Secrets it names (a missing one leaves it in CreateContainerConfigError until it
+        appears);
+      * runs the container's command as a local process, with its env, its volumes mapped to temporary
+        directories and its terminationMessagePath to a file; or, when `simulate(job)` returns a
+        `Simulated`, pretends to (for tests about how the operator handles outcomes);
+      * reports the Pod's terminated state, and applies the Job's podFailurePolicy and backoffLimit as the
+        Job controller does: a pod evicted with a DisruptionTarget condition matches `Ignore` and is
+        replaced; an exit code under `FailJob` fails the Job at once; others count.
+    As Kueue: a suspended Job with a queue label is admitted (unsuspended) after `kueue_admit_seconds`;
+    `preempt(namespace, name)` suspends a running one again (its pod is stopped, nothing counted) and
+    Kueue admits it again later. A Job deleted or suspended while its pod runs has the pod stopped.
     """
 
     api: Api
@@ -560,9 +688,13 @@ class SimulatedKubelet:
     env: dict[str, str] = field(default_factory=dict)   # the "image": PATH and the like
     simulate: Callable[[dict[str, Any]], Simulated | None] = lambda job: None
     watch_timeout: float = 1.0
-    started: list[str] = field(default_factory=list)
+    node_labels: dict[str, str] = field(default_factory=lambda: {"kubernetes.io/os": "linux"})
+    missing_images: set[str] = field(default_factory=set)
+    kueue_admit_seconds: float = 0.3
+    started: list[str] = field(default_factory=list)      # a Job's name for each pod that started running
+    refused: list[str] = field(default_factory=list)      # pods the API server refused to create
     finished_at: dict[tuple[str, str], float] = field(default_factory=dict)  # Job -> monotonic time reported
-    _containers: dict[tuple[str, str], Container] = field(default_factory=dict)
+    _runs: dict[tuple[str, str], JobRun] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -575,13 +707,19 @@ class SimulatedKubelet:
         self._stop.set()
         self._thread.join(self.watch_timeout + 5)
         with self._lock:
-            containers = list(self._containers.values())
-        for c in containers:
-            c.gone.set()
-            if c.process is not None and c.process.poll() is None:
-                c.process.kill()
-        for c in containers:
-            c.thread.join(10)
+            runs = list(self._runs.values())
+        for r in runs:
+            r.gone.set()
+            r.changed.set()
+            if r.process is not None and r.process.poll() is None:
+                r.process.kill()
+        for r in runs:
+            if r.thread is not None:
+                r.thread.join(10)
+
+    def preempt(self, namespace: str, name: str) -> None:
+        """Kueue preempts the Job's workload: the Job is suspended again (and re-admitted later)."""
+        self.api.patch(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}", {"spec": {"suspend": True}})
 
     def _loop(self) -> None:
         # Like kubelet and the Job controller, watch the Jobs rather than poll them.
@@ -618,27 +756,199 @@ class SimulatedKubelet:
         meta = job.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         with self._lock:
-            known = self._containers.get(key)
+            known = self._runs.get(key)
             if known is not None and (kind == "DELETED" or known.job["metadata"]["uid"] != meta.get("uid")):
                 known.gone.set()  # deleted, or replaced by a new Job of the same name
+                known.changed.set()
                 if known.process is not None and known.process.poll() is None:
                     known.process.terminate()
-                if kind == "DELETED":
-                    return
-            elif known is not None or kind == "DELETED":
+                del self._runs[key]
+                known = None
+            if kind == "DELETED":
+                return
+            if known is not None:
+                known.job = job
+                known.changed.set()
                 return
             status = job.get("status") or {}
-            if status.get("startTime") or status.get("succeeded") or status.get("failed"):
-                return
-            if (job.get("spec") or {}).get("suspend") or meta.get("deletionTimestamp"):
-                return
-            pod = Container(job, threading.Thread())
-            pod.thread = threading.Thread(target=self._run, args=(pod,), name=f"pod-{key[1]}", daemon=True)
-            self._containers[key] = pod
-            self.started.append(key[1])
-        pod.thread.start()
+            if status.get("succeeded") or any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                                              for c in status.get("conditions") or []):
+                return  # finished before we looked (a replayed watch)
+            run = self._runs[key] = JobRun(job)
+            run.thread = threading.Thread(target=self._control, args=(run,), name=f"job-{key[1]}", daemon=True)
+        run.thread.start()
 
-    # One Job's pod.
+    # --- the Job controller ------------------------------------------------------------------------
+
+    def _job_path(self, job: dict[str, Any]) -> str:
+        meta = job["metadata"]
+        return f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}"
+
+    def _job_status(self, run: JobRun, status: dict[str, Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # deleted meanwhile
+            self.api.patch(self._job_path(run.job) + "/status", {"status": status})
+
+    def _control(self, run: JobRun) -> None:
+        failed = 0
+        while not run.gone.is_set() and not self._stop.is_set():
+            if run.suspended:
+                self._suspended(run)
+                continue
+            try:
+                outcome = self._pod(run)
+            except Interrupted:
+                continue  # suspended (loop) or deleted (ends)
+            if outcome is None:
+                continue
+            exit_code, evicted, message, started_at, deadline_hit = outcome
+            action = _pod_failure_action(run.job, exit_code, evicted)
+            if exit_code == 0 and not evicted:
+                return self._finish(run, True, "CompletionsReached", "", failed)
+            if action == "Ignore":
+                continue  # not counted: a replacement pod
+            failed += 1
+            if deadline_hit:
+                return self._finish(run, False, "DeadlineExceeded", "Job was active longer than specified deadline",
+                                    failed)
+            if action == "FailJob":
+                return self._finish(run, False, "PodFailurePolicy",
+                                    f"Container stage for pod {run.job['metadata']['name']} failed with exit code "
+                                    f"{exit_code} matching FailJob rule at index 1", failed)
+            if failed > (run.job["spec"].get("backoffLimit") or 0):
+                return self._finish(run, False, "BackoffLimitExceeded", "Job has reached the specified backoff limit",
+                                    failed)
+
+    def _suspended(self, run: JobRun) -> None:
+        now = _now()
+        self._job_status(run, {"active": None, "ready": None, "startTime": None, "conditions": [
+            {"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended",
+             "lastTransitionTime": now}]})
+        queued = ((run.job.get("metadata") or {}).get("labels") or {}).get(QUEUE)
+        deadline = time.monotonic() + self.kueue_admit_seconds
+        while run.suspended and not run.gone.is_set() and not self._stop.is_set():
+            if queued and time.monotonic() >= deadline:
+                with contextlib.suppress(RuntimeError):  # Kueue admits the workload
+                    self.api.patch(self._job_path(run.job), {"spec": {"suspend": False}})
+                deadline = float("inf")
+            run.changed.wait(0.1)
+            run.changed.clear()
+        self._job_status(run, {"conditions": [{"type": "Suspended", "status": "False", "reason": "JobResumed",
+                                               "message": "Job resumed", "lastTransitionTime": _now()}]})
+
+    def _finish(self, run: JobRun, succeeded: bool, reason: str, text: str, failed: int) -> None:
+        if run.gone.is_set():
+            return
+        now = _now()
+        if succeeded:
+            status = {"active": None, "ready": None, "succeeded": 1, "completionTime": now, "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "reason": reason, "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "reason": reason, "lastTransitionTime": now}]}
+        else:
+            status = {"active": None, "ready": None, "failed": failed, "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": reason, "message": text,
+                 "lastTransitionTime": now},
+                {"type": "Failed", "status": "True", "reason": reason, "message": text, "lastTransitionTime": now}]}
+        self._job_status(run, status)
+        meta = run.job["metadata"]
+        self.finished_at[(meta["namespace"], meta["name"])] = time.monotonic()
+
+    # --- one pod: scheduler, kubelet -------------------------------------------------------------
+
+    def _pod(self, run: JobRun) -> tuple[int, bool, str, str, bool] | None:
+        """Create, start and run one pod; (exit code, evicted, message, started at, deadline hit)."""
+        job = run.job
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        template = job["spec"]["template"]
+        pod_path = self._create_pod(run)
+        if pod_path is None:
+            run.wait(1.0)  # as the Job controller does after FailedCreate: try again later
+            return None
+        started_at = _now()
+        self._job_status(run, {"startTime": (job.get("status") or {}).get("startTime") or started_at, "active": 1,
+                               "ready": 0})
+        try:
+            self._wait_until_startable(run, pod_path, template["spec"])
+            self.api.patch(pod_path + "/status", {"status": {"phase": "Running", "conditions": [
+                {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": template["spec"]["containers"][0]["name"], "ready": True,
+                                       "state": {"running": {"startedAt": _now()}}}]}})
+            self._job_status(run, {"active": 1, "ready": 1})
+            self.started.append(name)
+            result = self._container(run, template["spec"])
+        except Interrupted:
+            with contextlib.suppress(RuntimeError):
+                self.api.delete(pod_path)  # the Job controller deletes the active pods of a suspended Job
+            raise
+        exit_code, evicted, message, deadline_hit = result
+        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                      "message": message[-4096:], "startedAt": started_at, "finishedAt": _now()}
+        conditions = [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                       "message": "Eviction API: evicting", "lastTransitionTime": _now()}] if evicted else []
+        with contextlib.suppress(RuntimeError):
+            self.api.patch(pod_path + "/status", {"status": {
+                "phase": "Succeeded" if exit_code == 0 and not evicted else "Failed", "conditions": conditions,
+                "containerStatuses": [{"name": template["spec"]["containers"][0]["name"], "ready": False,
+                                       "state": {"terminated": terminated}}]}})
+        if run.gone.is_set():
+            return None
+        self._job_status(run, {"active": 0, "ready": 0})
+        return exit_code, evicted, message, started_at, deadline_hit
+
+    def _create_pod(self, run: JobRun) -> str | None:
+        job = run.job
+        meta = job["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        template = job["spec"]["template"]
+        labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name,
+                  "batch.kubernetes.io/job-name": name, "controller-uid": meta["uid"],
+                  "batch.kubernetes.io/controller-uid": meta["uid"]}
+        pod_name = f"{name}-{_suffix()}"
+        try:
+            self.api.create(f"/api/v1/namespaces/{namespace}/pods", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod_name, "labels": labels,
+                             "annotations": (template.get("metadata") or {}).get("annotations") or {},
+                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                                  "uid": meta["uid"], "controller": True}]},
+                "spec": template["spec"],
+                "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
+            })
+        except RuntimeError as exc:
+            self.refused.append(f"{name}: {exc}")
+            return None
+        return f"/api/v1/namespaces/{namespace}/pods/{pod_name}"
+
+    def _wait_until_startable(self, run: JobRun, pod_path: str, pod: dict[str, Any]) -> None:
+        """Scheduling, image pull and config: report why the pod cannot start, and wait until it can."""
+        container = pod["containers"][0]
+        while True:
+            unmatched = {k: v for k, v in (pod.get("nodeSelector") or {}).items() if self.node_labels.get(k) != v}
+            waiting = None
+            if unmatched:
+                self.api.patch(pod_path + "/status", {"status": {"conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. "
+                                "preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."}]}})
+            elif container["image"] in self.missing_images:
+                waiting = {"reason": "ImagePullBackOff",
+                           "message": f'Back-off pulling image "{container["image"]}": ErrImagePull: failed to pull '
+                                      f'and unpack image "{container["image"]}": not found'}
+            elif missing := self._missing_secrets(run.job["metadata"]["namespace"], container):
+                waiting = {"reason": "CreateContainerConfigError", "message": f'secret "{missing}" not found'}
+            else:
+                return
+            if waiting is not None:
+                self.api.patch(pod_path + "/status", {"status": {"conditions": [
+                    {"type": "PodScheduled", "status": "True"}], "containerStatuses": [
+                    {"name": container["name"], "ready": False, "state": {"waiting": waiting}}]}})
+            run.wait(0.5)  # and look again: a Secret may appear, a node may be labelled
+
+    def _missing_secrets(self, namespace: str, container: dict[str, Any]) -> str | None:
+        names = [s["secretRef"]["name"] for s in container.get("envFrom") or [] if "secretRef" in s]
+        names += [v["valueFrom"]["secretKeyRef"]["name"] for v in container.get("env") or []
+                  if "secretKeyRef" in (v.get("valueFrom") or {})]
+        return next((n for n in names if self.api.get(f"/api/v1/namespaces/{namespace}/secrets/{n}") is None), None)
 
     def _secret(self, namespace: str, name: str) -> dict[str, str]:
         secret = self.api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}") or {}
@@ -661,110 +971,77 @@ class SimulatedKubelet:
                 env[var["name"]] = self._secret(namespace, ref["name"]).get(ref["key"], "")
         return env
 
-    def _run(self, pod: Container) -> None:
-        job = pod.job
-        meta = job["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        pod_spec = job["spec"]["template"]["spec"]
-        container = pod_spec["containers"][0]
+    def _container(self, run: JobRun, pod: dict[str, Any]) -> tuple[int, bool, str, bool]:
+        """Run (or simulate) the stage container: (exit code, evicted, termination message, deadline hit)."""
+        job = run.job
+        namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        container = pod["containers"][0]
+        simulated = self.simulate(job)
+        if simulated is not None:
+            run.wait(simulated.seconds)
+            if simulated.evicted:
+                return 137, True, "", False
+            if simulated.publish and simulated.exit_code == 0:
+                self._publish(container)
+            return simulated.exit_code, False, simulated.message, False
         pod_dir = Path(tempfile.mkdtemp(dir=self.workdir, prefix=f"{name}-"))
         mounts = {}
         for mount in container.get("volumeMounts") or []:
-            if mount["mountPath"] != "/dev/shm":
+            if mount["mountPath"] not in ("/dev/shm", "/tmp"):
                 mounts[mount["mountPath"]] = str(pod_dir / mount["name"])
                 Path(mounts[mount["mountPath"]]).mkdir(exist_ok=True)
         termination_path = container.get("terminationMessagePath", "/dev/termination-log")
         mounts[termination_path] = str(pod_dir / "termination-log")
         Path(mounts[termination_path]).touch()
-        started_at = _now()
-        try:
-            self.api.patch(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status",
-                           {"status": {"startTime": started_at, "active": 1, "ready": 1}})
-        except RuntimeError:
-            return  # deleted before its pod started
-
-        simulated = self.simulate(job)
+        env = self._container_env(namespace, container, mounts)
+        argv = list(container.get("command") or []) + list(container.get("args") or [])
+        log_path = pod_dir / "log"
         deadline = job["spec"].get("activeDeadlineSeconds")
-        deadline_hit = False
-        if simulated is None:
-            env = self._container_env(namespace, container, mounts)
-            argv = list(container.get("command") or []) + list(container.get("args") or [])
-            log_path = pod_dir / "log"
-            with open(log_path, "wb") as log:
-                with self._lock:
-                    if pod.deleted:
-                        return
-                    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=pod_dir)
-                    pod.process = process
-                try:
-                    exit_code = process.wait(timeout=deadline)
-                except subprocess.TimeoutExpired:
-                    deadline_hit = True
-                    process.terminate()
-                    exit_code = process.wait()
-            message = Path(mounts[termination_path]).read_text()
-            if not message.strip() and exit_code != 0 and container.get("terminationMessagePolicy") == \
-                    "FallbackToLogsOnError":
-                message = log_path.read_bytes()[-2048:].decode(errors="replace")
-        else:
-            if pod.gone.wait(simulated.seconds):
-                return  # killed with its Job
-            if simulated.publish and simulated.exit_code == 0:
-                self._publish(container)
-            exit_code, message = simulated.exit_code, simulated.message
-
-        if pod.deleted:
-            return  # the Job is gone; nothing to report to
-        self._report(job, exit_code, message[-4096:], started_at, deadline_hit)
+        ends = None if deadline is None else time.monotonic() + deadline
+        with open(log_path, "wb") as log:
+            run.process = process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                     cwd=pod_dir)
+            try:
+                while process.poll() is None:
+                    if ends is not None and time.monotonic() > ends:
+                        process.terminate()
+                        process.wait()
+                        return process.returncode, False, "", True
+                    run.wait(0.1)
+            except Interrupted:
+                process.terminate()
+                process.wait()
+                raise
+        message = Path(mounts[termination_path]).read_text()
+        if not message.strip() and process.returncode != 0 and container.get("terminationMessagePolicy") == \
+                "FallbackToLogsOnError":
+            message = log_path.read_bytes()[-2048:].decode(errors="replace")
+        return process.returncode, False, message, False
 
     def _publish(self, container: dict[str, Any]) -> None:
+        from siked_runtime.graph import StageKey
         from siked_runtime.storage import open_store, publish
 
         args = container.get("args") or []
         stage, run_uri = args[0], args[args.index("--run-uri") + 1]
         iteration = int(args[args.index("--iteration") + 1]) if "--iteration" in args else None
-        from siked_runtime.graph import StageKey
-
         key = StageKey(stage, iteration)
         endpoint = next((v["value"] for v in container.get("env") or [] if v["name"] == "SIKED_S3_ENDPOINT"), None)
         publish(open_store(run_uri, endpoint_url=endpoint), key.prefix,
                 {"stage": stage, "iteration": iteration, **fake_manifest(stage, iteration), "duration_seconds": 0.01})
 
-    def _report(self, job: dict[str, Any], exit_code: int, message: str, started_at: str, deadline_hit: bool) -> None:
-        meta = job["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        now = _now()
-        template = job["spec"]["template"]
-        pod_name = f"{name}-{_suffix()}"
-        labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name,
-                  "batch.kubernetes.io/job-name": name, "controller-uid": meta["uid"]}
-        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                      "message": message, "startedAt": started_at, "finishedAt": now}
-        self.api.create(f"/api/v1/namespaces/{namespace}/pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name, "labels": labels,
-                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                              "uid": meta["uid"], "controller": True}]},
-            "spec": template["spec"],
-            "status": {"phase": "Succeeded" if exit_code == 0 else "Failed",
-                       "containerStatuses": [{"name": template["spec"]["containers"][0]["name"],
-                                              "state": {"terminated": terminated}}]},
-        })
-        if exit_code == 0:
-            status = {"active": None, "ready": None, "succeeded": 1, "completionTime": now, "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
-                 "lastTransitionTime": now},
-                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]}
-        else:
-            reason, text = (("DeadlineExceeded", "Job was active longer than specified deadline") if deadline_hit
-                            else ("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
-            status = {"active": None, "ready": None, "failed": 1, "conditions": [
-                {"type": "FailureTarget", "status": "True", "reason": reason, "message": text,
-                 "lastTransitionTime": now},
-                {"type": "Failed", "status": "True", "reason": reason, "message": text, "lastTransitionTime": now}]}
-        with contextlib.suppress(RuntimeError):  # deleted meanwhile
-            self.api.patch(f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}/status", {"status": status})
-            self.finished_at[(namespace, name)] = time.monotonic()
+
+def _pod_failure_action(job: dict[str, Any], exit_code: int, evicted: bool) -> str | None:
+    """The action of the first podFailurePolicy rule a failed pod matches (None: no rule, count it)."""
+    for rule in ((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []:
+        if evicted and any(c.get("type") == "DisruptionTarget" for c in rule.get("onPodConditions") or []):
+            return rule["action"]
+        codes = rule.get("onExitCodes")
+        if codes and not evicted:
+            inside = exit_code in codes.get("values") or []
+            if inside == (codes.get("operator") == "In"):
+                return rule["action"]
+    return None
 
 
 # --- the operator as a process ------------------------------------------------------------------

@@ -42,6 +42,10 @@ class Config:
     pending_check_seconds: float = 10.0
     # A run whose Jobs did not change is re-read from storage this often anyway (artifacts edited by hand).
     resync_seconds: float = 300.0
+    # While a run's storage or the API fails, its passes back off: poll_interval * 2**k, capped.
+    outage_backoff_max_seconds: float = 30.0
+    # Seconds for any one API request (the operator's own calls and kopf's).
+    request_timeout: float = 30.0
     # Delay before retry k of a failed stage: base * 2**(k-1), capped.
     retry_backoff_seconds: float = 10.0
     retry_backoff_max_seconds: float = 600.0
@@ -57,6 +61,10 @@ class Config:
         if failures <= 0:
             return 0.0
         return min(self.retry_backoff_seconds * 2 ** (failures - 1), self.retry_backoff_max_seconds)
+
+    def outage_delay(self, failed_passes: int) -> float:
+        """Seconds before the next pass of a run whose last `failed_passes` passes failed."""
+        return min(max(self.poll_interval, 0.5) * 2 ** failed_passes, self.outage_backoff_max_seconds)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:

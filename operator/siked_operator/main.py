@@ -50,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, help="seconds between re-derivations of each run (default 1)")
     p.add_argument("--retry-backoff", dest="retry_backoff_seconds", type=float,
                    help="seconds before the first retry of a failed stage; doubles per failure (default 10)")
+    p.add_argument("--pending-check", dest="pending_check_seconds", type=float,
+                   help="seconds between looks at the pods of a stage Job that has not started (default 10)")
+    p.add_argument("--outage-backoff-max", dest="outage_backoff_max_seconds", type=float,
+                   help="longest wait between passes of a run whose storage or API calls fail (default 30)")
+    p.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
+                   default=(_env("LEADER_ELECTION") or "false").lower() == "true",
+                   help="hold a Lease while running, so that of several replicas one is active (default: off)")
+    p.add_argument("--lease-namespace", default=_env("LEASE_NAMESPACE") or "default",
+                   help="namespace of the Lease `siked-operator` (default: default)")
     p.add_argument("--verbose", action="store_true", help="log more")
     p.add_argument("--debug", action="store_true", help="log everything, API calls included")
     return p
@@ -69,15 +78,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    import siked_operator.handlers  # noqa: F401 - importing registers the handlers
+    import siked_operator.handlers as handlers
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
+    if args.leader_election:
+        from siked_operator.kube import api_client
+        from siked_operator.leader import Lease
+
+        lease = Lease(api_client(), args.lease_namespace, "siked-operator", handlers.identity(),
+                      timeout=config.request_timeout)
+        lease.acquire()
+        # Losing the lease ends the process at once: another replica drives the runs now.
+        lease.keep(on_lost=lambda: os._exit(1))
     kopf.run(
         clusterwide=clusterwide,
         namespaces=[] if clusterwide else namespaces,
         standalone=True,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
-        memo=kopf.Memo(config=config, metrics_port=args.metrics_port),
+        memo=kopf.Memo(config=config, metrics_port=args.metrics_port, namespaces=[] if clusterwide else namespaces),
     )
     return 0
 

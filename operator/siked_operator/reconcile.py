@@ -252,7 +252,8 @@ def reconcile_run(run: Mapping[str, Any], jobs: list[JobState], config: Config, 
                f"{uid}); delete those artifacts, or give this run another name or spec.storage.uri")
         return refuse(Reason.STORAGE_IN_USE, [why], uri)
     except (StorageError, OSError) as exc:
-        logger.warning(f"storage of run {namespace}/{name} unavailable: {exc}")
+        # Info, not warning: kopf posts warnings as events, and the outage gets one event (Result.events).
+        logger.info(f"storage of run {namespace}/{name} unavailable: {exc}")
         metrics.STORAGE_UNAVAILABLE.labels(namespace, name).set(1)
         metrics.RECONCILE_ERRORS.labels("storage").inc()
         return _storage_trouble(status, exc, now, generation)
@@ -270,7 +271,7 @@ def reconcile_run(run: Mapping[str, Any], jobs: list[JobState], config: Config, 
     refused = None if meta.get("deletionTimestamp") else _create_jobs(run, decision, spec, config, kube, uri, events)
     if refused is not None:
         reason, message = refused
-        logger.warning(message)
+        logger.info(message)  # posted once as an event below, not once per pass
         metrics.RECONCILE_ERRORS.labels("api").inc()
         if _progressing(status).get("reason") != reason.value:
             events.append(Event("Warning", reason.value, message))
