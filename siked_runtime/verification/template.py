@@ -107,7 +107,16 @@ def drop_root(target):
 
 def lock_down_template(config):
     """Everything applied once and inherited by every child; returns what took."""
-    layers = {"uid": os.getuid(), "gid": os.getgid(), "dropped_root": drop_root(config["drop_to"])}
+    layers = {"oom_score_adj": None}
+    try:
+        # Under memory pressure the kernel kills a program's process before the verifier's.
+        # Before dropping root: afterwards /proc/self belongs to root.
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+        layers["oom_score_adj"] = 1000
+    except OSError:
+        pass
+    layers["dropped_root"] = drop_root(config["drop_to"])
     layers["uid"], layers["gid"] = os.getuid(), os.getgid()
     try:
         layers["net_namespace"] = os.readlink("/proc/self/ns/net")
