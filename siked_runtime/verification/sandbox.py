@@ -391,6 +391,7 @@ class SandboxPool:
         denied = {k: str(v) for k, v in child.items() if k in ("open", "socket", "kill", "ptrace", "fork")}
         seccomp_on = self._config["seccomp_bpf"] is not None and all(
             v.startswith("denied (Operation not permitted)") for v in denied.values()) and len(denied) == 5
+        probe_failed = child.get("error", "")
         try:
             own_netns = os.readlink("/proc/self/ns/net")
         except OSError:
@@ -402,7 +403,8 @@ class SandboxPool:
             wanted["as"] = self._limits["memory_bytes"]
         rlimits_on = all(limits.get(k) == v for k, v in wanted.items())
         return {
-            "seccomp": (seccomp_on, self._seccomp_problem or ", ".join(f"{k} {v}" for k, v in denied.items())),
+            "seccomp": (seccomp_on, self._seccomp_problem or probe_failed
+                        or ", ".join(f"{k} {v}" for k, v in denied.items())),
             "landlock": (bool(layers.get("landlock")),
                          self._landlock_problem or layers.get("landlock_error", "")
                          or ("opening any path is refused" if layers.get("landlock") else "")),
@@ -410,7 +412,7 @@ class SandboxPool:
                       "unshare --net" if self._netns else "unshare is not possible here"),
             "nondumpable": (bool(layers.get("nondumpable")), ""),
             "no_new_privs": (bool(layers.get("no_new_privs")), ""),
-            "rlimits": (rlimits_on, ", ".join(f"{k}={limits.get(k)}" for k in wanted)),
+            "rlimits": (rlimits_on, probe_failed or ", ".join(f"{k}={limits.get(k)}" for k in wanted)),
             "separate_uid": (uid is not None and uid != os.getuid(),
                              f"children run as uid {uid}, the verifier as uid {os.getuid()}"),
         }

@@ -335,6 +335,12 @@ class Runner:
             _quote(output), "true" if truncated else "false")).encode()
 
 
+def _within_hard(which, value):
+    """`value`, or the hard limit this process already has when that is lower (a limit can only go down)."""
+    hard = resource.getrlimit(which)[1]
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
 class Lockdown:
     """A child's descriptors, rlimits and seccomp filter, prepared in the template so a child only applies them."""
 
@@ -344,7 +350,7 @@ class Lockdown:
         wanted = ((resource.RLIMIT_AS, limits["memory_bytes"] or None), (resource.RLIMIT_CPU, limits["cpu_s"]),
                   (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NPROC, 0), (resource.RLIMIT_NOFILE, REPLY_FD + 1),
                   (resource.RLIMIT_CORE, 0))
-        self.rlimits = tuple((which, (value, value)) for which, value in wanted if value is not None)
+        self.rlimits = tuple((which, (_within_hard(which, value),) * 2) for which, value in wanted if value is not None)
         self.seccomp = None
         if config["seccomp_bpf"] is not None:
             bpf = bytes.fromhex(config["seccomp_bpf"])
