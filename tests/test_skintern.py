@@ -17,6 +17,7 @@ from siked_runtime.retrieval import RETRIEVERS, similar_examples
 from siked_runtime.spec import DistillationSpec, InternalizationSpec, load_manifest
 from siked_runtime.strategies import INSTRUCTION, build_prompt
 from siked_runtime.synthetic import generate
+from chat_server import send_choices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = "builtin:smollm2-135m-instruct"
@@ -106,12 +107,7 @@ class KnowledgeServer(BaseHTTPRequestHandler):
         prompt = body["messages"][-1]["content"]
         text = ("Learning summary: Count the groups.\nSupplementary knowledge: A pair is 2."
                 if "pairs" in prompt else "I cannot help with that.")
-        data = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_choices(self, [text])
 
 
 def test_openai_teacher_writes_knowledge_over_http():

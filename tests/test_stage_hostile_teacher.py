@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from siked_runtime.storage import open_store, read_manifest
+from chat_server import send_choices  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +62,7 @@ class HostileTeacher(BaseHTTPRequestHandler):
             text = "[pot]\n" + ATTACKS[number % len(ATTACKS)]
         else:
             text = f"[cot]\nThe number is {number}.\nAnswer: {number}"
-        data = json.dumps({"choices": [{"index": i, "message": {"role": "assistant", "content": text}}
-                                       for i in range(body["n"])]}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_choices(self, [text] * body["n"])
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from siked_runtime.strategies import parse_solution
 from siked_runtime.teachers.fewshot import fewshot_messages
 from siked_runtime.teachers.openai_api import ChatClient, TeacherAPIError, solve
+from chat_server import send_choices  # noqa: E402
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -37,14 +38,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             return
         strategy = "pot" if "[pot] (" in body["messages"][-1]["content"] else "cot"
         text = "[pot]\nanswer = 2 + 2" if strategy == "pot" else "[cot]\n2 + 2 = 4\nAnswer: 4"
-        payload = {"choices": [{"index": i, "message": {"role": "assistant", "content": text}}
-                               for i in range(body["n"])]}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_choices(self, [text] * body["n"])
 
 
 @pytest.fixture
