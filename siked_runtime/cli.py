@@ -25,6 +25,8 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
+from siked_runtime import credentials
+
 
 def _read_jsonl(path: str) -> Iterator[dict]:
     with open(path, encoding="utf-8") as f:
@@ -73,6 +75,7 @@ def cmd_run(args) -> int:
     run = load_manifest(Path(args.manifest))
     if args.limit:
         run = with_limit(run, args.limit)
+    credentials.seal([run.spec.teacher.api_key_env])  # nothing this run starts inherits them
     run_local(run, args.dir)
     return 0
 
@@ -80,6 +83,7 @@ def cmd_run(args) -> int:
 def cmd_experiment(args) -> int:
     from siked_runtime.experiment import load_experiment, run_experiment
 
+    credentials.seal()
     name, _, _ = load_experiment(args.experiment, args.budget)
     out = Path(args.dir or Path("runs") / name)
     summary = run_experiment(args.experiment, out, args.budget, pilot_only=args.pilot)
@@ -93,6 +97,7 @@ def cmd_experiment(args) -> int:
 def cmd_stage(args) -> int:
     from siked_jobs.stage import run_stage_command
 
+    credentials.seal()  # the teacher's key too, once the stage has read the spec
     return run_stage_command(args.stage, args.run_uri, args.iteration)
 
 
@@ -143,7 +148,6 @@ def _verify_inputs(path: str) -> list[dict]:
 
 
 def cmd_verify(args) -> int:
-    from siked_runtime import credentials
     from siked_runtime.verification import SandboxUnavailable
 
     credentials.seal()  # no sandbox template or checker process inherits storage keys

@@ -137,6 +137,7 @@ def load_spec(store):
 
 def run(stage: str, run_uri: str, iteration: int | None) -> dict[str, Any]:
     """Run the stage unless it is done; returns the summary of its manifest."""
+    from siked_runtime import credentials
     from siked_runtime.graph import StageKey, plan
     from siked_runtime.stages import run_stage
     from siked_runtime.storage import list_manifests, open_store, read_manifest
@@ -144,6 +145,7 @@ def run(stage: str, run_uri: str, iteration: int | None) -> dict[str, Any]:
     key = StageKey(stage, iteration)
     store = open_store(run_uri)
     spec = load_spec(store)
+    credentials.seal([spec.teacher.api_key_env])  # no process the stage starts inherits the teacher's key
     manifest = read_manifest(store, key.prefix)
     already = manifest is not None
     if not already:

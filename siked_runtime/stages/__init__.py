@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 
-from siked_runtime import credentials
 from siked_runtime.graph import StageKey
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.storage import Store, clear_stage, publish, read_manifest
@@ -44,9 +43,12 @@ VERIFYING = frozenset({"teacher", "baseline", "teacher-eval", "sample", "eval"})
 
 
 def run_stage(spec: DistillationSpec, store: Store, key: StageKey) -> dict:
-    """Run one stage to completion and publish its manifest; a finished stage is a no-op."""
-    # From here on no child process inherits the storage or teacher keys.
-    credentials.seal([spec.teacher.api_key_env])
+    """Run one stage to completion and publish its manifest; a finished stage is a no-op.
+
+    The commands that run stages (`siked run`, `siked stage`) first move the storage and
+    teacher keys out of the environment (`credentials.seal`), so no process a stage starts
+    inherits them; a library caller decides that for its own process.
+    """
     done = read_manifest(store, key.prefix)
     if done is not None:
         return done
