@@ -48,6 +48,8 @@ import attrs
 import jsonpatch
 import jsonpointer
 import kmock
+import urllib.parse
+
 import urllib3
 import yaml
 from k8s_admission import (  # noqa: F401 - re-exported for the tests
@@ -168,6 +170,8 @@ class Emulator(kmock.KubernetesEmulator):
     created_at: dict[tuple[str, str | None, str], list[float]] = attrs.field(factory=dict)
     # (bearer token, method, path, watch) of every request that carried a token: who called what.
     calls: set[tuple[str, str, str, bool]] = attrs.field(factory=set)
+    # (method, path) -> how many requests: e.g. the status patches of a run.
+    counts: dict[tuple[str, str], int] = attrs.field(factory=dict)
     _version: int = attrs.field(default=0, init=False)
 
     # kmock keeps every request and matches each new one against its reactions by scanning that log,
@@ -363,6 +367,8 @@ class Emulator(kmock.KubernetesEmulator):
             _SERVING.reset(token)
 
     def _record(self, request: kmock.Request) -> None:
+        key = (request.method.value, request.url.path)
+        self.counts[key] = self.counts.get(key, 0) + 1
         authorization = next((v for k, v in request.headers.items() if k.lower() == "authorization"), "")
         if authorization.startswith("Bearer "):
             watch = request.url.query.get("watch") in ("true", "1")
@@ -373,6 +379,8 @@ class Emulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response([[*key, times] for key, times in self.created_at.items()])
         if request.url.path == CALLS:
             return aiohttp.web.json_response(sorted(self.calls))
+        if request.url.path == COUNTS:
+            return aiohttp.web.json_response([[*key, n] for key, n in self.counts.items()])
         self._record(request)
         if request.resource is not None:
             columns = self.printer_columns.get(request.resource)
@@ -437,6 +445,7 @@ def declare_resources(emulator: Emulator, crd: dict[str, Any]) -> None:
 _KMOCK_PARSE_PATH = kmock._internal.parsing.parse_path
 INTROSPECTION = "/_emulator/creations"  # not Kubernetes: what the harness asks the emulator
 CALLS = "/_emulator/calls"
+COUNTS = "/_emulator/counts"
 
 
 def _parse_path(path: str) -> Any:
@@ -512,6 +521,10 @@ class EmulatorServer:
     def creations(self, plural: str) -> dict[tuple[str | None, str], int]:
         """How many times each object of a resource (e.g. "jobs") was created."""
         return {(ns, name): len(times) for (p, ns, name), times in self.created_at().items() if p == plural}
+
+    def count(self, method: str, path: str) -> int:
+        """How many requests of `method` on `path` the emulator served."""
+        return sum(n for m, p, n in Api(self.url).get(COUNTS) if (m, p) == (method, path))
 
     def calls(self, token: str) -> set[tuple[str, str, bool]]:
         """(method, path, watch) of every request made with this bearer token (see `write_kubeconfig`)."""
@@ -691,6 +704,8 @@ class SimulatedKubelet:
     node_labels: dict[str, str] = field(default_factory=lambda: {"kubernetes.io/os": "linux"})
     missing_images: set[str] = field(default_factory=set)
     kueue_admit_seconds: float = 0.3
+    # The Jobs it plays the cluster for: siked's (other Jobs in the emulator stand for someone else's workload).
+    selector: str = "siked.io/run"
     started: list[str] = field(default_factory=list)      # a Job's name for each pod that started running
     refused: list[str] = field(default_factory=list)      # pods the API server refused to create
     finished_at: dict[tuple[str, str], float] = field(default_factory=dict)  # Job -> monotonic time reported
@@ -732,7 +747,8 @@ class SimulatedKubelet:
                     self._stop.wait(0.2)
 
     def _watch(self) -> None:
-        response = self.api.http.request("GET", f"{self.api.url}/apis/batch/v1/jobs?watch=true",
+        response = self.api.http.request("GET", f"{self.api.url}/apis/batch/v1/jobs?watch=true&labelSelector="
+                                         f"{urllib.parse.quote(self.selector)}",
                                          preload_content=False, retries=False,
                                          timeout=urllib3.Timeout(connect=5, read=self.watch_timeout))
         buffer = b""

@@ -14,6 +14,7 @@ import copy
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,14 @@ VARIANTS: dict[str, list[str]] = {
     "servicemonitor": ["--set", "metrics.serviceMonitor.enabled=true",
                        "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack"],
     "crds-off": ["--set", "crds.enabled=false"],
+    "prometheusrule": ["--set", "metrics.prometheusRule.enabled=true",
+                       "--set", "metrics.prometheusRule.labels.release=kube-prometheus-stack"],
+    "replicas": ["--set", "replicaCount=2"],
+    "openshift": ["--set", "podSecurityContext.runAsUser=null", "--set", "podSecurityContext.runAsGroup=null",
+                  "--set-json", 'stages.podSecurityContext={"runAsNonRoot": true, "seccompProfile": '
+                                '{"type": "RuntimeDefault"}}',
+                  "--set-json", 'stages.securityContext={"allowPrivilegeEscalation": false, "capabilities": '
+                                '{"drop": ["ALL"]}}'],
     "namespaced": ["--set", "watchNamespaces={team-a,team-b}"],
     "configured": [
         "--set", "storage.uri=s3://ml-runs/siked", "--set", "storage.endpoint=http://minio.storage:9000",
@@ -101,8 +110,8 @@ def test_every_rendered_object_validates_against_the_kubernetes_schemas(variant,
     objects = render(variant)
     assert objects
     for obj in objects:
-        if obj["kind"] == "ServiceMonitor":
-            continue  # prometheus-operator's kind, not Kubernetes': checked in test_service_monitor
+        if obj["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue  # prometheus-operator's kinds, not Kubernetes': checked in their own tests
         try:
             kubernetes_validate.validate(obj, kubernetes, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -119,14 +128,16 @@ def test_a_broken_object_does_fail_validation():
 
 def test_what_each_variant_renders():
     assert kinds(render()) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "CustomResourceDefinition",
-                               "Deployment", "Service", "ServiceAccount"]
+                               "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
     assert kinds(render("metrics-off")) == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                                            "Deployment", "ServiceAccount"]
+                                            "Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    assert "PrometheusRule" in kinds(render("prometheusrule")) and "PrometheusRule" not in kinds(render())
     assert "ServiceMonitor" in kinds(render("servicemonitor"))
     assert "CustomResourceDefinition" not in kinds(render("crds-off"))
     namespaced = render("namespaced")
     assert sorted((o["kind"], o["metadata"]["namespace"]) for o in namespaced if o["kind"] in ("Role", "RoleBinding")) \
-        == [("Role", "team-a"), ("Role", "team-b"), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
+        == [("Role", NAMESPACE), ("Role", "team-a"), ("Role", "team-b"),  # the leader Lease's, and the runs'
+            ("RoleBinding", NAMESPACE), ("RoleBinding", "team-a"), ("RoleBinding", "team-b")]
 
 
 def test_every_value_is_documented():
@@ -181,6 +192,31 @@ def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container(objects)["env"] if "value" in e}
 
 
+def test_operator_pod_passes_pod_security_restricted():
+    for variant in ("default", "openshift", "replicas"):
+        pod = the(render(variant), "Deployment")["spec"]["template"]["spec"]
+        assert kt.psa_restricted_violations(pod) == [], variant
+
+
+def test_stage_security_contexts_reach_the_operator():
+    env = operator_env(render("openshift"))
+    assert json.loads(env["SIKED_OPERATOR_POD_SECURITY_CONTEXT"]) == {
+        "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert "readOnlyRootFilesystem" not in json.loads(env["SIKED_OPERATOR_CONTAINER_SECURITY_CONTEXT"])
+    pod = the(render("openshift"), "Deployment")["spec"]["template"]["spec"]
+    assert "runAsUser" not in pod["securityContext"]  # OpenShift's SCC assigns it
+    assert "SIKED_OPERATOR_POD_SECURITY_CONTEXT" not in operator_env(render())
+
+
+def test_two_replicas_roll_and_elect_a_leader():
+    deployment = the(render("replicas"), "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    env = operator_env(render("replicas"))
+    assert env["SIKED_OPERATOR_LEADER_ELECTION"] == "true" and env["SIKED_OPERATOR_LEASE_NAMESPACE"] == NAMESPACE
+    args = build_parser().parse_args([])
+    assert args.leader_election is False  # outside the chart (a laptop, a test) it is off unless asked
+
+
 def test_one_replica_replaced_not_rolled_with_secure_defaults():
     deployment = the(render(), "Deployment")
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -213,7 +249,8 @@ def test_values_reach_the_operators_settings(monkeypatch):
     assert operator_env(objects)["AWS_REGION"] == "eu-west-1"
     # Every variable the chart sets is one the operator reads.
     known = {f"SIKED_OPERATOR_{f.upper()}" for f in vars(config)} | {
-        "SIKED_OPERATOR_NAMESPACES", "SIKED_OPERATOR_METRICS_PORT", "SIKED_OPERATOR_LIVENESS_PORT"}
+        "SIKED_OPERATOR_NAMESPACES", "SIKED_OPERATOR_METRICS_PORT", "SIKED_OPERATOR_LIVENESS_PORT",
+        "SIKED_OPERATOR_LEADER_ELECTION", "SIKED_OPERATOR_LEASE_NAMESPACE"}
     assert {n for n in operator_env(objects) if n.startswith("SIKED_")} <= known
 
 
@@ -256,6 +293,48 @@ def test_dashboard_configmap():
     configured = the(render("configured"), "ConfigMap")
     assert configured["metadata"]["labels"]["grafana_dashboard_siked"] == "yes"
     assert configured["metadata"]["namespace"] == "monitoring"
+
+
+def test_prometheus_rule_passes_promtool_and_fires(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        assert not os.environ.get("CI"), "CI installs promtool (.ci/run: apt-get install prometheus)"
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    rule = the(render("prometheusrule"), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    checked = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0 and "SUCCESS: 4 rules found" in checked.stdout, checked.stdout + checked.stderr
+    # Each alert fires on the series the operator exports, and not before its threshold (the annotations'
+    # templates are checked above; here only the expressions, thresholds and labels).
+    bare = copy.deepcopy(rule["spec"])
+    for group in bare["groups"]:
+        for r in group["rules"]:
+            r.pop("annotations")
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(bare))
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump({"rule_files": [str(tmp_path / "bare.yaml")],
+                                                        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [
+            {"series": 'siked_run_phase{namespace="ml",run="r1",phase="Failed"}', "values": "0 0 1 1"},
+            {"series": 'siked_run_pending_seconds{namespace="ml",run="r2"}', "values": "0+600x5"},
+            {"series": 'siked_reconcile_errors_total{kind="storage"}', "values": "0+2x20"},
+            {"series": 'siked_run_storage_unavailable{namespace="ml",run="r3"}', "values": "1x20"},
+        ], "alert_rule_test": [
+            {"eval_time": "1m", "alertname": "SikedRunFailed", "exp_alerts": []},
+            {"eval_time": "3m", "alertname": "SikedRunFailed",
+             "exp_alerts": [{"exp_labels": {"namespace": "ml", "run": "r1", "severity": "warning"}}]},
+            {"eval_time": "2m", "alertname": "SikedStagePendingTooLong", "exp_alerts": []},
+            {"eval_time": "4m", "alertname": "SikedStagePendingTooLong",
+             "exp_alerts": [{"exp_labels": {"namespace": "ml", "run": "r2", "severity": "warning"}}]},
+            {"eval_time": "16m", "alertname": "SikedOperatorErrors", "exp_alerts": [{"exp_labels": {"severity": "warning"}}]},
+            {"eval_time": "5m", "alertname": "SikedStorageUnavailable", "exp_alerts": []},
+            {"eval_time": "12m", "alertname": "SikedStorageUnavailable",
+             "exp_alerts": [{"exp_labels": {"namespace": "ml", "run": "r3", "severity": "warning"}}]},
+        ]}]}))
+    tested = subprocess.run([promtool, "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True,
+                            check=False)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 # --- RBAC against the calls the operator makes ----------------------------------------------------
@@ -366,11 +445,23 @@ def record_operator_calls(objects: list[dict[str, Any]], s3_server: str, workdir
             kt.wait_for(lambda: (api.run("smoke").get("status") or {}).get("phase") == "Succeeded", 90,
                         "the run to succeed")
             kt.wait_for(lambda: not api.jobs("smoke"), 30, "finished Jobs to go after their TTL")
-            api.create_run({**smoke, "metadata": {"name": "deleted"}})
+            deleted = {**smoke["spec"], "storage": {"deleteOnRunDeletion": True}}
+            api.create_run({**smoke, "metadata": {"name": "deleted"}, "spec": deleted})
             kt.wait_for(lambda: api.jobs("deleted"), 30, "the second run's Jobs")
             api.delete_run("deleted")
             kt.wait_for(lambda: api.run("deleted") is None, 30, "the finalizer to let the run go")
+            # A Job of a stage's name that is not the run's: the operator reads it to say whose it is.
+            api.create("/apis/batch/v1/namespaces/default/jobs", {
+                "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "taken-teacher"},
+                "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                    {"name": "x", "image": "busybox"}]}}}})
+            api.create_run({**smoke, "metadata": {"name": "taken"}})
+            kt.wait_for(lambda: any(e["reason"] == "JobConflict" for e in api.events("taken")), 30, "JobConflict")
             kt.wait_for(lambda: any(e["reason"] == "Finished" for e in api.events("smoke")), 30, "the events")
+            if operator_env(objects).get("SIKED_OPERATOR_LEADER_ELECTION") == "true":
+                lease = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/siked-operator"
+                acquired = api.get(lease)["spec"]["renewTime"]
+                kt.wait_for(lambda: api.get(lease)["spec"]["renewTime"] != acquired, 30, "the Lease to be renewed")
         calls = server.calls(OPERATOR_TOKEN)
     assert calls, "no request carried the operator's token"
     return {a for call in calls if (a := attributes(*call)) is not None}

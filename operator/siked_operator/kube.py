@@ -68,7 +68,7 @@ class Kube:
         return True
 
     def job_owner(self, namespace: str, name: str) -> str | None:
-        """The uid of the Job's controlling owner (None when it has none, or is gone)."""
+        """The uid of the Job's controlling owner: "" when it has none, None when the Job is gone."""
         try:
             job = _json(self.batch.read_namespaced_job(name, namespace, _preload_content=False,
                                                        _request_timeout=self.timeout))
@@ -77,7 +77,7 @@ class Kube:
                 return None
             raise
         refs = (job.get("metadata") or {}).get("ownerReferences") or []
-        return next((r.get("uid") for r in refs if r.get("controller")), None)
+        return next((r.get("uid") or "" for r in refs if r.get("controller")), "")
 
     def delete_job(self, namespace: str, name: str) -> bool:
         """Delete a Job and (by background propagation) its pods; False when it was already gone."""

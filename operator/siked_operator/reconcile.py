@@ -199,8 +199,9 @@ def _create_jobs(run: Mapping[str, Any], decision: Any, spec: DistillationSpec, 
         except ApiException as exc:
             return Reason.JOB_CREATE_FAILED, f"creating Job {job_name} for {key} failed: {_api_message(exc)}"
         if not created and owner is not None and owner != meta.get("uid"):
-            return Reason.JOB_CONFLICT, (f"Job {job_name} exists and belongs to another owner (uid {owner}), not "
-                                         f"this run (uid {meta.get('uid')}); delete it or rename the run")
+            whose = f"another owner (uid {owner})" if owner else "no DistillationRun"
+            return Reason.JOB_CONFLICT, (f"Job {job_name} exists and belongs to {whose}, not this run (uid "
+                                         f"{meta.get('uid')}); delete it or rename the run")
         if created:
             metrics.JOBS_CREATED.labels(key.stage).inc()
             if attempt:

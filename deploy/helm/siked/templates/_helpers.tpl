@@ -74,11 +74,12 @@ some namespaces, Namespaces to notice them appear. */}}
 - apiGroups: [siked.io]
   resources: [distillationruns/status]
   verbs: [patch]
-# Stage Jobs: watched, created per stage attempt, deleted after their TTL, on failure and with their run.
+# Stage Jobs: watched, created per stage attempt, deleted after their TTL, on failure and with their run;
+# read when a Job of a stage's name already exists (whose is it?).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [list, watch, create, delete]
-# Pods of failed stage Jobs: their exit code and termination message.
+  verbs: [get, list, watch, create, delete]
+# Pods of stage Jobs: why one has not started, the exit code and termination message of a failed one.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
