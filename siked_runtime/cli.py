@@ -68,6 +68,24 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_jobs(args) -> int:
+    import dataclasses
+
+    import yaml
+    from siked_operator.config import Config
+    from siked_operator.preview import preview_jobs
+
+    from siked_runtime.spec import load_manifest
+
+    config = Config.from_env()
+    overrides = {"storage_uri": args.storage_uri, "default_image": args.image}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v})
+    jobs = preview_jobs(load_manifest(Path(args.manifest)), config, stage=args.stage, iteration=args.iteration,
+                        namespace=args.namespace)
+    print(yaml.safe_dump_all(jobs, sort_keys=False), end="")
+    return 0
+
+
 def cmd_run(args) -> int:
     from siked_runtime.local_runner import run_local, with_limit
     from siked_runtime.spec import load_manifest
@@ -257,6 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate a DistillationRun manifest and print it resolved")
     p.add_argument("manifest")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("jobs", help="print the Job manifests the operator would create for a run (YAML)")
+    p.add_argument("manifest", help="DistillationRun YAML")
+    p.add_argument("--stage", help="only this stage (teacher, train, eval, sample, …)")
+    p.add_argument("--iteration", type=int, help="only this iteration")
+    p.add_argument("--namespace", help="the run's namespace (default: the manifest's, else default)")
+    p.add_argument("--storage-uri", help="the operator's storage default, for runs without spec.storage.uri")
+    p.add_argument("--image", help="the operator's default stage image, for runs without spec.image")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("schema", help="print the spec's openAPIV3Schema")
     p.set_defaults(func=cmd_schema)

@@ -74,6 +74,7 @@ def planned_stages(spec: DistillationSpec, p: Plan) -> int:
     """How many stages the run will have, given what is known about where it stops."""
     last = p.last_iteration if p.last_iteration is not None else spec.last_iteration
     n = 1 + int(spec.evaluation.baseline) + int(spec.evaluation.teacher) + 1  # teacher, evals, export
+    n += int(spec.method == Method.skintern and spec.skintern.reference)  # SKIntern's comparison
     for t in range(last + 1):
         n += 2 + int(spec.method == Method.siked and t >= 1)
     return n
