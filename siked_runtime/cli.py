@@ -10,6 +10,7 @@
     siked data show PATH [--format F] [--limit N]
     siked data synth --n N --seed S --out FILE
     siked teacher gold|oracle IN --out FILE      offline teachers' solutions
+    siked solve MODEL "QUESTION" | --file F [--json]  ask an exported student
 
 Heavy modules are imported inside each command, so `siked --help` stays fast.
 """
@@ -243,6 +244,33 @@ def cmd_teacher(args) -> int:
     return 0
 
 
+def _solve_questions(args) -> list[dict]:
+    if args.file:
+        rows = list(_read_jsonl(args.file))
+        missing = [n for n, row in enumerate(rows, 1) if not isinstance(row.get("question"), str)]
+        if missing:
+            raise ValueError(f"{args.file}: record {missing[0]} has no \"question\" text")
+        return rows
+    if not args.question:
+        raise SystemExit("siked solve: give a question, or --file questions.jsonl")
+    return [{"question": args.question}]
+
+
+def cmd_solve(args) -> int:
+    from siked_runtime.solve import Student, format_answer, student_dir
+
+    student_dir(args.model)  # refuse a directory without siked.json before loading anything
+    rows = _solve_questions(args)
+    with Student(args.model, backend=args.backend, max_new_tokens=args.max_new_tokens) as student:
+        answers = student.solve([row["question"] for row in rows])
+    for row, answer in zip(rows, answers):
+        if args.json:
+            print(json.dumps({**({"id": row["id"]} if "id" in row else {}), **answer}, ensure_ascii=False))
+        else:
+            print(format_answer(answer))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siked", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", default="cot,l2m,pot")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("solve", help="answer questions with a student a run exported (its final/ directory)")
+    p.add_argument("model", help="a run's final/ directory, or the model directory holding siked.json")
+    p.add_argument("question", nargs="?", help="the question (or --file)")
+    p.add_argument("--file", help="JSONL with a \"question\" (and optionally \"id\") per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per question instead of text")
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    p.add_argument("--max-new-tokens", type=int, help="token limit (default: the model's generation config)")
+    p.set_defaults(func=cmd_solve)
     return parser
 
 
