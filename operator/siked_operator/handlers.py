@@ -94,6 +94,7 @@ class Driver:
     task: asyncio.Task | None = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     body: dict[str, Any] = field(default_factory=dict)  # the run as its latest watch event showed it
+    updated: asyncio.Event = field(default_factory=asyncio.Event)  # set by each new version of `body`
 
 
 def _wake(memo: kopf.Memo, namespace: str, name: str) -> None:
@@ -122,6 +123,7 @@ async def track(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo
     if driver is None:
         driver = memo.drivers[key] = Driver()
     driver.body = event["object"]
+    driver.updated.set()
     if driver.task is None or driver.task.done():
         driver.task = asyncio.create_task(drive(key, memo, logger), name=f"drive {namespace}/{name}")
     driver.wakeup.set()
@@ -166,8 +168,10 @@ def _reconcile_and_patch(run: dict[str, Any], jobs: list, memo: kopf.Memo, now: 
 
 
 async def _changed(driver: Driver, version: str | None) -> None:
+    # Woken by each watch event of the run (no polling: a thousand drivers waiting would spin the loop).
     while driver.body["metadata"].get("resourceVersion") == version:
-        await asyncio.sleep(0.01)
+        driver.updated.clear()
+        await driver.updated.wait()
 
 
 async def drive(key: tuple[str, str], memo: kopf.Memo, logger: logging.Logger) -> None:
