@@ -95,7 +95,12 @@ def cmd_run(args) -> int:
     if args.limit:
         run = with_limit(run, args.limit)
     credentials.seal([run.spec.teacher.api_key_env])  # nothing this run starts inherits them
-    run_local(run, args.dir)
+    report = run_local(run, args.dir)
+    from siked_runtime.console import summary_lines
+    from siked_runtime.storage import open_store
+
+    store = open_store(str(args.dir or Path("runs") / run.metadata.name))
+    print("\n".join(summary_lines(report, store.url("report.md"))), file=sys.stderr)
     return 0
 
 
@@ -273,6 +278,8 @@ def cmd_solve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siked", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true",
+                        help="let the libraries' progress bars and warnings through (transformers, datasets, TRL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a DistillationRun manifest on this machine")
@@ -363,7 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from siked_runtime.console import configure
+
+    command_line = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --verbose is accepted after the command too (`siked run x.yaml --verbose`).
+    verbose = "--verbose" in argv
+    args = build_parser().parse_args([a for a in argv if a != "--verbose"])
+    if command_line:  # quiets libraries process-wide: a caller passing argv (a test) keeps its own setup
+        configure(verbose=verbose)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:

@@ -133,27 +133,39 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_accuracy(report: dict) -> bytes:
+def outside_legend(ax) -> None:
+    """The legend right of the plot, where it can hide no data (savefig's tight bbox keeps it)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+
+
+def accuracy_figure(report: dict):
     fig, ax = pyplot().subplots(figsize=(6.4, 4))
     its = [it["iteration"] for it in report["iterations"]]
     sets = sorted({s for it in report["iterations"] for s in it["eval"]}, key=lambda s: (s != VALIDATION, s))
+    reference = (report.get("skintern") or {}).get("reference")
+    drawn = []  # the reference lines on the plot, named in its title
     for i, name in enumerate(sets):
         color = f"C{i}"
         ax.plot(its, [it["eval"].get(name) for it in report["iterations"]], "o-", color=color, label=name)
-        if name in report["baseline"]:
-            ax.axhline(report["baseline"][name], color=color, ls="--", lw=0.8)
-        if name in report.get("teacher", {}):
-            ax.axhline(report["teacher"][name], color=color, ls=":", lw=0.8)
-        reference = (report.get("skintern") or {}).get("reference")
-        if reference and name in reference["accuracy"]:
-            ax.axhline(reference["accuracy"][name], color=color, ls="-.", lw=0.8)
-    title = "Accuracy per iteration (dashed: untrained, dotted: teacher)"
-    if "skintern" in report:
-        title = "Question-only accuracy per SKIntern stage\n(dashed: untrained, dash-dot: standard distillation)"
-    ax.set(xlabel="stage" if "skintern" in report else "iteration", ylabel="accuracy", ylim=(0, 1), title=title)
+        refs = [("untrained", "--", report["baseline"]), ("teacher", ":", report.get("teacher") or {})]
+        if reference:
+            refs.append(("standard distillation", "-.", reference["accuracy"]))
+        for what, style, values in refs:
+            if values.get(name) is not None:
+                ax.axhline(values[name], color=color, ls=style, lw=1.0, label=f"{name}: {what}")
+                drawn.append((what, {"--": "dashed", ":": "dotted", "-.": "dash-dot"}[style]))
+    keys = list(dict.fromkeys(drawn))
+    lines = f" ({', '.join(f'{style}: {what}' for what, style in keys)})" if keys else ""
+    title = ("Question-only accuracy per SKIntern stage" if "skintern" in report else "Accuracy per iteration")
+    ax.set(xlabel="stage" if "skintern" in report else "iteration", ylabel="accuracy", ylim=(0, 1),
+           title=title + ("\n" + lines.strip() if lines else ""))
     ax.set_xticks(its)
-    ax.legend()
-    return png(fig)
+    outside_legend(ax)
+    return fig
+
+
+def plot_accuracy(report: dict) -> bytes:
+    return png(accuracy_figure(report))
 
 
 def pyplot():
@@ -185,13 +197,17 @@ def draw_strategy_mix(ax, iterations: list[dict], alpha_label: str = "α (teache
     ax.set_xticks([it["iteration"] for it in iterations])
 
 
-def plot_strategies(report: dict) -> bytes:
+def strategies_figure(report: dict):
     fig, ax = pyplot().subplots(figsize=(6.4, 4))
     draw_strategy_mix(ax, report["iterations"])
     ax.set(xlabel="iteration (left bar: training data, right bar: student on validation)", ylabel="share",
            title="Strategy mix per iteration")
-    ax.legend(loc="upper right", fontsize=8)
-    return png(fig)
+    outside_legend(ax)
+    return fig
+
+
+def plot_strategies(report: dict) -> bytes:
+    return png(strategies_figure(report))
 
 
 def write_report(spec: DistillationSpec, store: Store, name: str) -> dict:

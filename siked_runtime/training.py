@@ -31,7 +31,7 @@ from transformers.utils import is_flash_attn_2_available
 from trl import SFTConfig
 
 from siked_runtime.completion_loss import CompletionLossTrainer
-
+from siked_runtime.console import Progress
 from siked_runtime.models import chat_prompt, cpu_has_native_bf16, default_device, resolve_dtype, resolve_model
 from siked_runtime.spec import StudentSpec, TrainingSpec
 
@@ -53,6 +53,27 @@ class _LossHistory(TrainerCallback):
             self.last = logs
         if self.forward:
             self.forward({"step": state.global_step, "max_steps": state.max_steps, **logs})
+
+
+class _StepProgress(TrainerCallback):
+    """Training progress in siked's voice: "step 12/40 · loss 0.76 · 3.1 s/step · ETA 1m24s"."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - TrainerCallback's signature
+        self.bar = Progress(self.label, state.max_steps, unit="step", count="step {done}/{total}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(state.global_step - self.bar.done, f"loss {float(logs['loss']):.2f}")
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.done)
+            self.bar.close()
+            self.bar = None
 
 
 def _packing_supported(device: str) -> bool:
@@ -165,18 +186,20 @@ def train_sft(
     training: TrainingSpec,
     seed: int,
     on_log: LogCallback | None = None,
+    label: str = "train",
 ) -> dict[str, Any]:
     """Fine-tune `base_model_path` on `rows` and save the (merged) model to `out_dir`.
 
     `rows` hold `prompt` (the user text, from `strategies.build_prompt`) and `completion`
     (the solution text). `on_log` receives every training log line (step, loss, learning
-    rate, ...). Returns counts, losses and throughput for the stage manifest.
+    rate, ...); without it, progress is shown under `label` (`console.Progress`). Returns
+    counts, losses and throughput for the stage manifest.
     """
     history = _LossHistory(on_log)
     with tempfile.TemporaryDirectory(prefix="siked-sft-") as scratch:
-        trainer = build_trainer(base_model_path, rows, student, training, seed, scratch, callbacks=[history])
-        if on_log is not None:
-            trainer.remove_callback(PrinterCallback)  # the caller reports progress itself
+        callbacks = [history] if on_log is not None else [history, _StepProgress(label)]
+        trainer = build_trainer(base_model_path, rows, student, training, seed, scratch, callbacks=callbacks)
+        trainer.remove_callback(PrinterCallback)  # its raw log dicts are no console for a user
         trainable = _trainable_parameters(trainer.model)
         started = time.perf_counter()
         result = trainer.train()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from siked_runtime.console import Progress, log  # noqa: F401 - stages import log from here
 from siked_runtime.storage import LocalStore, Store
 
 MODEL_DIR = "model"
@@ -43,18 +42,11 @@ def model_output(store: Store, prefix: str) -> Iterator[Path]:
         store.upload_dir(f"{prefix}/{MODEL_DIR}", out)
 
 
-def log(message: str) -> None:
-    print(f"[siked {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+class Rate(Progress):
+    """Counts, rates and time left for a stage's work items (`console.Progress`)."""
 
-
-class Rate:
-    """Counts and rates for periodic progress lines."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total, self.done, self.start = what, total, 0, time.perf_counter()
+    def __init__(self, what: str, total: int, unit: str = "item"):
+        super().__init__(what, total, unit=unit)
 
     def update(self, n: int, extra: str = "") -> None:
-        self.done += n
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        log(f"{self.what}: {self.done}/{self.total} ({rate:.1f}/s){' ' + extra if extra else ''}")
+        super().update(n, extra)

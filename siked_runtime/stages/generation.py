@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from siked_runtime.spec import DistillationSpec
-from siked_runtime.stages.common import log
+from siked_runtime.console import Progress
 from siked_runtime.strategies import build_prompt
 
 
@@ -23,7 +23,7 @@ class StudentGenerator:
 
         self.spec = spec
         self.tokens = 0
-        self._what, self._start = "", time.perf_counter()
+        self._what, self._start, self._bar = "", time.perf_counter(), None
         path = resolve_model(str(model_path))  # a directory, or a `builtin:` name
         tokenizer = load_tokenizer(path)
         self._format = lambda q: chat_prompt(tokenizer, build_prompt(q))
@@ -34,16 +34,22 @@ class StudentGenerator:
         self.tokens += new_tokens
         self._batch_tokens += new_tokens
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        log(f"{self._what}: {done}/{total} sequences, {self._batch_tokens} tokens ({self._batch_tokens / elapsed:.0f} tok/s)")
+        self._bar.total = total  # greedy decoding decodes once per question, whatever n
+        self._bar.update(done - self._bar.done,
+                         f"{self._batch_tokens} tokens ({self._batch_tokens / elapsed:.0f} tok/s)")
 
     def generate(self, questions: list[str], n: int, temperature: float, max_new_tokens: int, what: str,
                  seed: int = 0, prefill: str = "") -> list[list[str]]:
         """n completions per question; `prefill` starts the answer (e.g. a forced strategy tag) and is
         part of each completion returned."""
         self._what, self._start, self._batch_tokens = what, time.perf_counter(), 0
-        out = self.sampler.generate([self._format(q) + prefill for q in questions], n=n, temperature=temperature,
-                                    max_new_tokens=max_new_tokens,
-                                    top_p=self.spec.sampling.top_p if temperature > 0 else 1.0, seed=seed)
+        self._bar = Progress(what, len(questions) * n, unit="sequence", count="{done}/{total} sequences")
+        try:
+            out = self.sampler.generate([self._format(q) + prefill for q in questions], n=n, temperature=temperature,
+                                        max_new_tokens=max_new_tokens,
+                                        top_p=self.spec.sampling.top_p if temperature > 0 else 1.0, seed=seed)
+        finally:
+            self._bar.close()
         return [[prefill + c for c in cs] for cs in out] if prefill else out
 
     def close(self) -> None:
