@@ -340,20 +340,21 @@ class Emulator(kmock.KubernetesEmulator):
                                         reason="Forbidden" if forbidden else "Invalid",
                                         message=f"{obj['kind']} {name!r} is invalid: " + "; ".join(problems))
 
-    async def _collect_garbage(self) -> None:
-        """kube-controller-manager's garbage collector: objects whose owners are all gone go too (background)."""
+    async def _collect_garbage(self, uid: str) -> None:
+        """kube-controller-manager's garbage collector (background propagation): the dependents of a deleted
+        object go too, and theirs. Called once per object that went, so its cost stays off the hot path."""
+        gone = [uid]
         async with self._lock:
-            while True:
-                live = {obj.raw.get("metadata", {}).get("uid") for obj in self.objects.values() if not obj.deleted}
-                orphans = [(key, obj) for key, obj in self.objects.items() if not obj.deleted
-                           and (refs := obj.raw.get("metadata", {}).get("ownerReferences"))
-                           and not any(ref.get("uid") in live for ref in refs)]
-                if not orphans:
-                    return
-                for (resource, _, _), obj in orphans:
+            while gone:
+                owner = gone.pop()
+                for (resource, _, _), obj in list(self.objects.items()):
+                    if obj.deleted:
+                        continue
                     raw = obj.raw
-                    obj.delete()
-                    await self._buses[resource].put({"type": "DELETED", "object": raw})
+                    if any(ref.get("uid") == owner for ref in raw.get("metadata", {}).get("ownerReferences") or []):
+                        obj.delete()
+                        gone.append(raw["metadata"].get("uid"))
+                        await self._buses[resource].put({"type": "DELETED", "object": raw})
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if len(self._requests) > 1000:  # the request log is for assertions; keep its tail
@@ -391,13 +392,17 @@ class Emulator(kmock.KubernetesEmulator):
                 self._kueue_default(request.data)
             self._admit(request)
             self._stamp(request)
+        target = None
+        if request.resource is not None and request.name and request.action in (kmock.action.DELETE,
+                                                                                 kmock.action.UPDATE):
+            target = self._live(request.resource, request.namespace, request.name)
         try:
             response = await super()._handle(request)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             # kube-apiserver answers a failed `test` operation (a stale resourceVersion) with 422.
             raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
-        if request.resource is not None and request.action in (kmock.action.DELETE, kmock.action.UPDATE):
-            await self._collect_garbage()
+        if target is not None and self._live(request.resource, request.namespace, request.name) is None:
+            await self._collect_garbage(target["metadata"].get("uid"))  # deleted, or its last finalizer removed
         return response
 
     @staticmethod
