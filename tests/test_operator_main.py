@@ -43,3 +43,27 @@ def test_the_console_script_runs():
     exe = Path(sys.executable).parent / "siked-operator"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True, timeout=60).stdout
     assert "--all-namespaces" in out and "--metrics-port" in out and "--namespace" in out
+
+
+def test_leader_election_flags(monkeypatch):
+    assert build_parser().parse_args([]).leader_election is False
+    monkeypatch.setenv("SIKED_OPERATOR_LEADER_ELECTION", "true")
+    monkeypatch.setenv("SIKED_OPERATOR_LEASE_NAMESPACE", "siked-system")
+    args = build_parser().parse_args([])
+    assert args.leader_election is True and args.lease_namespace == "siked-system"
+    assert build_parser().parse_args(["--no-leader-election"]).leader_election is False
+
+
+def test_a_replica_waiting_for_the_lease_answers_its_liveness_probe():
+    import urllib.request
+
+    from siked_operator.main import _healthz
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from k8s_tools import free_port
+
+    port = free_port()
+    with _healthz(port):
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)

@@ -1,7 +1,8 @@
 """The few Kubernetes API calls the handlers make, on plain dicts.
 
-kopf watches the runs and Jobs; these calls create and delete stage Jobs and
-read the pods of failed ones. Label selectors are sent to the server and
+kopf watches the runs and `siked_operator.watch` the Jobs; these calls create,
+read and delete stage Jobs, and read the pods of failed or waiting ones. Every
+call has a timeout. Label selectors are sent to the server and
 applied again here, so a server that ignores them (or a cache) cannot make us
 touch another run's Jobs.
 """

@@ -12,9 +12,13 @@ a flag wins over its variable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import http.server
 import os
 import sys
+import threading
+from collections.abc import Iterator
 
 from siked_operator.config import Config
 from siked_runtime.spec import ResourceSpec
@@ -70,6 +74,31 @@ def config_from(args: argparse.Namespace) -> Config:
     return dataclasses.replace(Config.from_env(), **overrides)
 
 
+@contextlib.contextmanager
+def _healthz(port: int) -> Iterator[None]:
+    """`GET /healthz` answered 200 on `port` (0: nothing) while the block runs."""
+    if not port:
+        yield
+        return
+
+    class Alive(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Alive)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = config_from(args)
@@ -87,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
 
         lease = Lease(api_client(), args.lease_namespace, "siked-operator", handlers.identity(),
                       timeout=config.request_timeout)
-        lease.acquire()
+        # A waiting replica is alive: answer the liveness probe until kopf serves it.
+        with _healthz(args.liveness_port):
+            lease.acquire()
         # Losing the lease ends the process at once: another replica drives the runs now.
         lease.keep(on_lost=lambda: os._exit(1))
     kopf.run(
