@@ -17,30 +17,34 @@ import re
 from fractions import Fraction
 
 # A number as people write it in word-problem answers: sign, currency, thousands
-# separators, decimals, a simple or mixed fraction, a trailing percent sign.
+# separators, decimals, a simple or mixed fraction, a trailing percent sign. Every
+# repeat that could start again at the next character is bounded (spaces, a fraction's
+# parts): answers are model-written text, and unbounded ones made "1,1,1,…" or a long
+# run of spaces quadratic.
 _NUMBER = re.compile(
     r"""
-    (?P<sign>[-−–])?\s*
-    (?:[$€£¥]\s*)?
+    (?:(?P<sign>[-−–])[ \t]?)?
+    (?:[$€£¥][ \t]?)?
     (?:
-        (?P<whole>\d+)\s+(?P<mnum>\d+)\s*/\s*(?P<mden>\d+)        # mixed fraction 1 1/2
-      | (?P<num>\d[\d,]*(?:\.\d+)?|\.\d+)\s*/\s*(?P<den>\d[\d,]*(?:\.\d+)?)  # fraction 3/4
+        (?P<whole>\d{1,40})[ \t]{1,3}(?P<mnum>\d{1,40})[ \t]{0,3}/[ \t]{0,3}(?P<mden>\d{1,40})   # mixed fraction 1 1/2
+      | (?P<num>\d[\d,]{0,40}(?:\.\d{1,40})?|\.\d{1,40})[ \t]{0,3}/[ \t]{0,3}(?P<den>\d[\d,]{0,40}(?:\.\d{1,40})?)  # 3/4
       | (?P<dec>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)   # 1,234.5 or 1234.5
     )
-    (?P<pct>\s*%)?
+    (?P<pct>[ \t]?%)?
     """,
     re.VERBOSE,
 )
 _LATEX_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[\d.]+)\s*\}\{\s*(-?[\d.]+)\s*\}")
 # An expression in a single-letter variable ("x + 1", "2*n"): symbolic, not a number.
-_SYMBOLIC = re.compile(r"(?<![A-Za-z])[A-Za-z]\s*[-+*/^]\s*[\w(]|[\d)]\s*[-+*/^]\s*[A-Za-z](?![A-Za-z])|\d[A-Za-z](?![A-Za-z])\s*[-+*/^]")
+_SYMBOLIC = re.compile(r"(?<![A-Za-z])[A-Za-z][ \t]{0,3}[-+*/^][ \t]{0,3}[\w(]|[\d)][ \t]{0,3}[-+*/^][ \t]{0,3}[A-Za-z](?![A-Za-z])|\d[A-Za-z](?![A-Za-z])[ \t]{0,3}[-+*/^]")
 _BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 
 # Markers that introduce a final answer, most specific first.
 ANSWER_MARKERS = (
-    re.compile(r"^\s*answer\s*[:=]\s*(?P<value>.+?)\s*$", re.IGNORECASE | re.MULTILINE),
-    re.compile(r"^\s*####\s*(?P<value>.+?)\s*$", re.MULTILINE),
-    re.compile(r"the (?:final )?answer is[:\s]*(?P<value>[^\n]+?)\s*(?:\.\s*)?$", re.IGNORECASE | re.MULTILINE),
+    re.compile(r"^[ \t]*answer[ \t]*[:=][ \t]*(?P<value>[^\n]*\S)[ \t]*$", re.IGNORECASE | re.MULTILINE),
+    re.compile(r"^[ \t]*####[ \t]*(?P<value>[^\n]*\S)[ \t]*$", re.MULTILINE),
+    re.compile(r"the (?:final )?answer is[: \t]*\n?[ \t]*(?P<value>[^\n]*[^\s.])[ \t]*\.?[ \t]*$",
+               re.IGNORECASE | re.MULTILINE),
 )
 
 
@@ -50,8 +54,8 @@ def _to_float(text: str) -> float:
 
 def _match_value(m: re.Match) -> float:
     if m.group("whole") is not None:
-        value = int(m.group("whole")) + Fraction(int(m.group("mnum")), int(m.group("mden")))
-        value = float(value) if int(m.group("mden")) else math.nan
+        den = int(m.group("mden"))
+        value = float(int(m.group("whole")) + Fraction(int(m.group("mnum")), den)) if den else math.nan
     elif m.group("num") is not None:
         den = _to_float(m.group("den"))
         value = _to_float(m.group("num")) / den if den else math.nan

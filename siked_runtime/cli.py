@@ -44,7 +44,12 @@ def _read_jsonl(path: str) -> Iterator[dict]:
 
 
 def _write_jsonl(rows: Iterable[dict], out: str | None) -> int:
-    stream = open(out, "w", encoding="utf-8") if out else sys.stdout
+    # errors: a lone surrogate (model text can hold one) is written as the JSON escape it came from.
+    if out:
+        stream = open(out, "w", encoding="utf-8", errors="backslashreplace")
+    else:
+        stream = sys.stdout
+        sys.stdout.reconfigure(errors="backslashreplace")
     count = 0
     try:
         for row in rows:

@@ -192,7 +192,8 @@ class Store(ABC):
         count = 0
         with self._writer(key) as raw, _maybe_gzip(raw, key, "wb") as out:
             for row in rows:
-                out.write((_dumps(row) + "\n").encode("utf-8"))
+                # A lone surrogate (model text can hold one) becomes the JSON escape it came from.
+                out.write((_dumps(row) + "\n").encode("utf-8", "backslashreplace"))
                 count += 1
         return count
 

@@ -78,7 +78,8 @@ class ParsedSolution:
     problem: str = ""
 
 
-_TAG = re.compile(r"\[\s*([A-Za-z0-9_\- ]{1,24})\s*\]")
+# Bounded so that "[" followed by a long run of spaces stays linear.
+_TAG = re.compile(r"\[[ \t]{0,4}([A-Za-z0-9_\-][A-Za-z0-9_\- ]{0,23})[ \t]{0,4}\]")
 _TAG_ALIASES = {
     "cot": "cot", "chain-of-thought": "cot", "chain of thought": "cot",
     "l2m": "l2m", "ltm": "l2m", "least-to-most": "l2m", "least to most": "l2m",
@@ -100,8 +101,10 @@ def find_tag(text: str) -> tuple[str | None, int]:
     return None, 0
 
 
-# Lines of chatter (or of a cut-off statement) dropped at most from the end of a program.
+# Lines of chatter (or of a cut-off statement) dropped at most from the end of a program,
+# and the characters parsed at most while looking for the longest prefix that parses.
 MAX_TRAILING_LINES = 64
+MAX_PARSED_CHARS = 256 * 1024
 
 
 def extract_program(text: str) -> str | None:
@@ -112,10 +115,14 @@ def extract_program(text: str) -> str | None:
     # Drop chatter after the program (and a truncated last statement): keep the
     # longest prefix of lines that parses. Bounded: every attempt parses the whole
     # prefix, and hostile text must not make this quadratic.
+    budget = MAX_PARSED_CHARS
     for end in range(len(lines), max(0, len(lines) - MAX_TRAILING_LINES), -1):
         candidate = "\n".join(lines[:end]).rstrip()
         if not candidate:
             continue
+        budget -= len(candidate)
+        if budget < 0:
+            return None
         try:
             ast.parse(candidate)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -178,7 +185,7 @@ def parse_solution(text: str) -> ParsedSolution:
     return ParsedSolution(None, answer=answer)
 
 
-_ANSWER_LINE_DONE = re.compile(r"^\s*answer\s*[:=][^\n]*\d[^\n]*\n", re.IGNORECASE | re.MULTILINE)
+_ANSWER_LINE_DONE = re.compile(r"^[ \t]*answer[ \t]*[:=][^\n]*\d[^\n]*\n", re.IGNORECASE | re.MULTILINE)
 
 
 def is_finished(text: str) -> bool:

@@ -185,3 +185,11 @@ def test_summary_of_nothing():
 def test_verify_records_with_its_own_verifier():
     rows = list(verify_records([{"id": 1, "answer": "4", "completion": "[pot]\nanswer = 2 + 2"}]))
     assert rows[0]["verdict"] == "correct"
+
+
+def test_zero_denominators_anywhere_are_an_answer_not_a_crash(verifier):
+    # "1 1/0" once raised ZeroDivisionError out of the batch, from a gold, a cot line or a program's value.
+    verdicts = verifier.verify([("1 1/0", "[cot]\nAnswer: 5"), ("5", "[cot]\nAnswer: 1 1/0"),
+                                ("5", "[pot]\nanswer = '2 0/0'"), ("5", "I think 1 1/0"), ("5", "[cot]\nAnswer: 5")])
+    assert [v.verdict for v in verdicts][-1] == "correct"
+    assert all(v.verdict in ("wrong", "no_answer", "error") for v in verdicts[:-1]), verdicts

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -266,6 +267,19 @@ def test_malformed_and_absurd_programs_never_abort_the_batch(verify):
     assert reasons[2] == "reply larger than the sandbox allows"
     assert reasons[3] == "program process exited without a reply"
     assert "SIGSEGV" in reasons[12]
+
+
+def test_hostile_text_costs_the_parent_its_own_row_only(verify):
+    # Parsed in the verifying process itself: regexes that are linear, numbers that cannot
+    # divide by zero, text that cannot be written as UTF-8. Each cost minutes or the batch before.
+    n = 60_000
+    rows = ["I think 1 1/0", "[cot]\n2+3\nAnswer: 1 1/0", "[pot]\nanswer = '1 1/0'", "[pot]\nprint('2 0/0')",
+            " " * n + "x", "[" + " " * n, "[cot]\nAnswer: x" + " " * n + "x", "[cot]\n" + "\n" * n + "x",
+            "[cot]\nthe answer is x" + " " * n + "y", "1," * (n // 2), "[pot]\nanswer = (\n" + "1,\n" * (n // 3),
+            "[pot]\nanswer = 'x' + ' ' * 4094 + 'x'", "[cot]\n\ud800 hi\nAnswer: 5"]
+    start = time.monotonic()
+    attack(verify, rows, raw=True)
+    assert time.monotonic() - start < 120, "the parent spent minutes on hostile text"
 
 
 # -- 5. secrets and gold ----------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from siked_runtime.verification.symbolic import SymbolicChecker
 
 VERDICTS: tuple[str, ...] = ("correct", "wrong", "no_answer", "timeout", "error")
 MAX_SYMBOLIC_CHARS = 400
+# No answer is longer (a program's value can be 4,096 characters, a cot line 64K).
+MAX_ANSWER_CHARS = 1000
 MAX_PRINTED_ANSWER_CHARS = 100
 # Longer completions are not parsed (a model's solution is a few KB; parsing is not free).
 MAX_COMPLETION_CHARS = 64 * 1024
@@ -98,7 +100,7 @@ def _parse(completion) -> ParsedSolution | Verdict:
         return Verdict("error", None, None, f"completion longer than {MAX_COMPLETION_CHARS} characters")
     try:
         return parse_solution(completion)
-    except (RecursionError, MemoryError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile text fails its own item, never the batch
         return Verdict("error", None, None, f"completion could not be parsed ({type(exc).__name__})")
 
 
@@ -155,7 +157,7 @@ class Verifier:
                 continue
             try:
                 outcome = _compare_cheaply(gold, predicted)
-            except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
+            except Exception as exc:  # noqa: BLE001 - as above
                 outcome = ("error", f"answer could not be compared ({type(exc).__name__})")
             if outcome is not None:
                 verdicts[i] = Verdict(outcome[0], p.strategy, predicted, outcome[1])
@@ -189,6 +191,8 @@ def _printed_answer(output: str) -> str | None:
 
 def _compare_cheaply(gold: str, predicted: str) -> tuple[str, str] | None:
     """A verdict without sympy when possible, else None (needs the symbolic check)."""
+    if len(predicted) > MAX_ANSWER_CHARS:
+        return "wrong", f"answer longer than {MAX_ANSWER_CHARS} characters"
     gold_number = as_number(gold)
     predicted_number = as_number(predicted)
     if predicted_number is None and "=" in predicted:
