@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tqdm import tqdm
-
 from siked_runtime import credentials
 
 
@@ -189,6 +187,8 @@ def cmd_verify(args) -> int:
 
 
 def _verify(args, require: list[str]) -> int:
+    from tqdm import tqdm
+
     from siked_runtime.verification import SandboxPool, Verifier, format_summary, summarize, verify_records
     from siked_runtime.verification.policy import LAYERS
 
@@ -241,6 +241,8 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_teacher(args) -> int:
+    from tqdm import tqdm
+
     from siked_runtime.datasets import load_records
     from siked_runtime.teachers import gold, oracle
 

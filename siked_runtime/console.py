@@ -23,8 +23,6 @@ import sys
 import time
 import warnings
 
-from tqdm import tqdm
-
 # Libraries whose progress bars, info lines and warnings a user of siked has no use for.
 NOISY_LOGGERS = ("transformers", "datasets", "trl", "peft", "accelerate", "huggingface_hub", "torch",
                  "sentence_transformers", "httpx", "filelock", "urllib3", "botocore")
@@ -34,7 +32,10 @@ QUIET_ENV = {
     "DATASETS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' own bars ("Loading weights") follow this one
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # TRL's dataset preparation ("Tokenizing", "Adding EOS")
-    "TQDM_DISABLE": "1",  # bars built on plain tqdm (the GGUF loader's); ours pass disable=False
+    # Bars built on plain tqdm (the GGUF loader's). tqdm reads its TQDM_* defaults once, when it is first
+    # imported, so this module and the command line import tqdm only after `configure`. Bars that pass
+    # disable=False (ours, siked verify's) still show.
+    "TQDM_DISABLE": "1",
 }
 
 
@@ -63,6 +64,8 @@ def configure(verbose: bool = False) -> None:
 
 def log(message: str) -> None:
     """One line in siked's voice on stderr; on a terminal, above any live progress bar."""
+    from tqdm import tqdm
+
     tqdm.write(f"[siked {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr)
     sys.stderr.flush()
 
@@ -111,6 +114,8 @@ class Progress:
         tty = sys.stderr.isatty() if tty is None else tty
         self._bar = None
         if tty:
+            from tqdm import tqdm
+
             self._bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, disable=False, leave=False,
                              dynamic_ncols=True,
                              bar_format="{desc}: {n_fmt}/{total_fmt} {unit} {bar} {postfix} [{elapsed}<{remaining}]")
