@@ -177,7 +177,7 @@ def _verify_inputs(path: str) -> list[dict]:
 def cmd_verify(args) -> int:
     from siked_runtime.verification import SandboxUnavailable
 
-    credentials.seal()  # no sandbox template or checker process inherits storage keys
+    credentials.seal(sweep=True)  # verifying needs no credential: no process it starts inherits one
     require = [name for name in (args.require or "").split(",") if name]
     try:
         return _verify(args, require)

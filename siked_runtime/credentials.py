@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 from typing import Iterable
 
@@ -26,11 +27,17 @@ _sealed: dict[str, str] = {}
 _lock = threading.Lock()
 
 
-def seal(names: Iterable[str] = ()) -> list[str]:
-    """Move the S3 variables and `names` out of the environment; returns the names moved."""
+# What `seal(sweep=True)` also takes: anything named like a secret.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def seal(names: Iterable[str] = (), sweep: bool = False) -> list[str]:
+    """Move the S3 variables and `names` (with `sweep`, every variable named like a secret) out of the
+    environment; returns the names moved."""
     moved = []
     with _lock:
-        for name in (*S3_VARIABLES, *names):
+        swept = [name for name in os.environ if sweep and _SECRET_NAME.search(name)]
+        for name in (*S3_VARIABLES, *names, *swept):
             value = os.environ.pop(name, None)
             if value is not None:
                 _sealed[name] = value

@@ -41,3 +41,12 @@ def test_without_sealed_keys_boto3_keeps_its_own_chain():
     code = "from siked_runtime import credentials; credentials.seal(); print(credentials.s3_keys())"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() == "{}"
+
+
+def test_sweep_takes_everything_named_like_a_secret():
+    env = {**os.environ, "OPENAI_API_KEY": "sk-x", "HF_TOKEN": "hf-x", "DB_PASSWORD": "p", "KEEP_ME": "1"}
+    code = ("import os, json; from siked_runtime import credentials; credentials.seal(sweep=True); "
+            "print(json.dumps([k for k in ('OPENAI_API_KEY', 'HF_TOKEN', 'DB_PASSWORD', 'KEEP_ME') if k in os.environ]))")
+    left = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     check=True).stdout)
+    assert left == ["KEEP_ME"]

@@ -205,3 +205,75 @@ def test_a_child_holds_no_descriptor_but_its_own(pool):
     # 0-2 on /dev/null and 3, its own reply pipe: nothing of the template's or ours.
     assert result.value == "[0, 1, 2, 3]", result
     assert result.output.strip() in ("[]", "['LC_ALL', 'PATH']")
+
+
+# Finds the bytes of SIBLINGMARKER anywhere in the child's memory except in its own needle,
+# probing each page with a shared futex wake first (EFAULT, not a crash, where nothing readable is mapped).
+SCAN = ESCAPE + (
+    "frame = sys._getframe()\n"
+    "while 'runner' not in frame.f_locals:\n"
+    "    frame = frame.f_back\n"
+    "frame.f_locals['runner'].armed[0] = False\n"
+    "ctypes = sys.modules['ctypes']\n"
+    "libc = ctypes.CDLL(None)\n"
+    "needle = ''.join(['SIBLING', 'MARKER']).encode()\n"
+    "own = (id(needle), id(needle) + 64)\n"
+    "found = 0\n"
+    "centre = id(object()) & ~4095\n"
+    "for page in range(centre - (64 << 20), centre + (64 << 20), 4096):\n"
+    "    if libc.syscall(202, ctypes.c_void_p(page), 1, 0, None, None, 0) != 0:\n"
+    "        continue\n"
+    "    data = ctypes.string_at(page, 4096)\n"
+    "    at = data.find(needle)\n"
+    "    while at >= 0:\n"
+    "        if not own[0] <= page + at < own[1]:\n"
+    "            found += 1\n"
+    "        at = data.find(needle, at + 1)\n"
+    "answer = found\n"
+)
+
+
+def test_no_program_finds_another_programs_text_or_reply_in_its_memory():
+    # Before, every child held its whole batch (other programs it could run and copy the answers of).
+    sibling = "marker = 'SIBLINGMARKER'\nprint(marker * 3)\nanswer = 7"
+    with SandboxPool(size=1, timeout=10) as p:
+        results = p.run_many([sibling] * 3 + [SCAN] * 2 + [sibling] * 4 + [SCAN] * 3)
+    assert [r.value for r in results] == ["7"] * 3 + ["0"] * 2 + ["7"] * 4 + ["0"] * 3, results
+
+
+def test_a_program_starved_by_its_wave_runs_again_alone():
+    # Seven spinners share the CPU with an honest program whose timeout is three times what it needs alone.
+    honest = "total = 0\nfor i in range(2_000_000):\n    total += i\nanswer = total"
+    with SandboxPool(size=1, timeout=30) as p:
+        start = time.monotonic()
+        alone = p.run(honest)
+        timeout = 3 * (time.monotonic() - start)
+        results = p.run_many(["while True:\n    pass\nanswer = 1"] * 7 + [honest], timeout=timeout)
+    assert alone.status == "ok"
+    assert results[-1].value == alone.value, results[-1]
+    assert all(r.status == "timeout" for r in results[:-1])
+
+
+def test_children_do_not_outlive_their_template():
+    with SandboxPool(size=1, timeout=2) as p:
+        [template] = p.template_pids()
+        threading.Timer(0.5, os.kill, (template, signal.SIGKILL)).start()
+        p.run_many([ESCAPE + "sys.modules['time'].sleep(30)\nanswer = 1"] * 2)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and processes_in_group(template):
+            time.sleep(0.1)
+        assert processes_in_group(template) == []
+
+
+def processes_in_group(pgid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                found.append(int(entry))
+    return found

@@ -12,6 +12,9 @@ process_vm_*, prctl, setrlimit, mount and namespaces, ioctl, io_uring, bpf.
 Syscalls of other ABIs (32-bit `int 0x80`, x32) kill the process (libseccomp's
 bad-architecture action).
 
+Memory may be mapped executable, so a program that reaches ctypes can run native code;
+that code is confined by the same filter (the filter, not Python, is the boundary).
+
 The template loads the compiled filter in each child with one prctl, so the
 per-program cost is a syscall, not a compilation.
 """
@@ -24,8 +27,8 @@ import tempfile
 
 from siked_runtime.spec import SANDBOX_LAYERS
 
-# What a running Python program needs once its modules are imported. Read-only
-# prlimit64 (new limit NULL) is allowed below so a program can see its limits.
+# What a running Python program needs once its modules are imported. prlimit64 on
+# itself without a new limit is allowed below, so a program can read its own limits.
 ALLOWED_SYSCALLS: tuple[str, ...] = (
     "read", "readv", "write", "writev", "lseek", "close",
     "brk", "mmap", "munmap", "mremap", "mprotect", "madvise",
@@ -62,7 +65,8 @@ def seccomp_program() -> tuple[str | None, str]:
                 rules.add_rule(seccomp.ALLOW, name)
             except (OSError, ValueError, RuntimeError):
                 continue  # not a syscall on this architecture
-        rules.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(2, seccomp.EQ, 0))
+        # Reading its own limits only: pid 0 and no new limit (another pid would tell which pids exist).
+        rules.add_rule(seccomp.ALLOW, "prlimit64", seccomp.Arg(0, seccomp.EQ, 0), seccomp.Arg(2, seccomp.EQ, 0))
         with tempfile.TemporaryFile() as out:
             rules.export_bpf(out)
             out.seek(0)

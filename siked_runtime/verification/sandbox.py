@@ -64,8 +64,12 @@ CHUNK = 32  # programs per request to a template: fewer round trips, and a late 
 # Time a template may take beyond a program's own timeout (fork, kill, reap) before it counts as stuck.
 TEMPLATE_GRACE_S = 5.0
 # Children a template forks back to back before collecting them (see template.run_wave);
-# also how many programs of one lane can hold memory at once.
+# also how many programs of one lane can hold memory at once (fewer when memory is short).
 WAVE = 8
+# Descriptors a child may hold: 0-2 on /dev/null, 3 its reply pipe, 4 its program pipe (closed once read).
+CHILD_FDS = 5
+# A timed-out program that used less CPU than this share of its timeout is run again alone.
+STARVED_CPU_SHARE = 0.8
 TEMPLATE = Path(__file__).with_name("template.py")
 
 # Pure-computation stdlib modules a program may import, all imported by the template
@@ -107,6 +111,43 @@ def _network_namespace_prefix() -> tuple[str, ...]:
         if probe.returncode == 0:
             return prefix
     return ()
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, and its cgroup's CPU quota where one is set."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def _memory_limit() -> int:
+    """Bytes this process may use: its cgroup's memory.max, else the machine's memory."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            return int(limit)
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def fitting_wave(lanes: int, memory_mb: int) -> int:
+    """Children per lane at once: WAVE, or fewer, so that every child at its memory limit fits in half the memory."""
+    budget = _memory_limit() // 2
+    if not memory_mb or budget <= 0:
+        return WAVE
+    return max(1, min(WAVE, budget // (lanes * memory_mb * 1024 * 1024)))
 
 
 def _real_uid(pid: int) -> int | None:
@@ -160,8 +201,8 @@ class _Template:
         except (subprocess.TimeoutExpired, ValueError, OSError):
             return ""
 
-    def _send(self, body: bytes) -> None:
-        view = memoryview(len(body).to_bytes(4, "big") + body)
+    def _send(self, *bodies: bytes) -> None:
+        view = memoryview(b"".join(len(body).to_bytes(4, "big") + body for body in bodies))
         while view:
             view = view[os.write(self._in, view):]
 
@@ -181,28 +222,32 @@ class _Template:
                 raise _Died()
             self._buf += chunk
 
-    def run(self, programs: list[str], timeout: float, output_cap: int) -> Iterator[RunResult]:
-        """Results in order; raises _Died or _Stuck at the program the template failed on."""
-        try:
-            self._send(json.dumps({"programs": programs, "timeout": timeout}).encode())
-        except OSError:
-            raise _Died() from None
-        for index in range(len(programs)):
-            deadline = time.monotonic() + timeout + TEMPLATE_GRACE_S
+    def run(self, programs: list[str], timeout: float, wave: int) -> Iterator[tuple[TemplateHeader, bytes]]:
+        """(header, raw reply) per program, in order, `wave` children at a time; raises _Died or _Stuck
+        at the program the template failed on."""
+        for start in range(0, len(programs), wave):
+            batch = programs[start:start + wave]
             try:
-                header = TemplateHeader.model_validate_json(self._frame(deadline))
-            except ValidationError:
+                self._send(json.dumps({"count": len(batch), "timeout": timeout}).encode(),
+                           *(p.encode("utf-8", "surrogatepass") for p in batch))
+            except OSError:
                 raise _Died() from None
-            if header.index != index:
-                raise _Died()
-            yield parse_reply(header, self._frame(deadline), output_cap, timeout)
+            for index in range(len(batch)):
+                deadline = time.monotonic() + timeout + TEMPLATE_GRACE_S
+                try:
+                    header = TemplateHeader.model_validate_json(self._frame(deadline))
+                except ValidationError:
+                    raise _Died() from None
+                if header.index != index:
+                    raise _Died()
+                yield header, self._frame(deadline)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
+        # The whole group, even when the template is gone: its children may not be.
+        try:
+            os.killpg(self.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -229,7 +274,7 @@ class SandboxPool:
         require: Iterable[str] = (),
         start_timeout: float = 30.0,
     ):
-        self.size = max(1, size or os.cpu_count() or 1)
+        self.size = max(1, size or available_cpus())
         self.timeout = timeout
         self.output_cap = output_cap
         self.start_timeout = start_timeout
@@ -257,12 +302,12 @@ class SandboxPool:
             "limits": self._limits,
             "output_cap": output_cap,
             "value_cap": 4096,
-            # JSON escapes a character in at most 6 bytes (\\uXXXX).
-            "reply_cap": 6 * output_cap + 64 * 1024,
+            # JSON escapes a character in at most 12 bytes (a surrogate pair, \\ud83d\\ude00).
+            "reply_cap": 12 * output_cap + 64 * 1024,
             "scratch_bytes": scratch_mb * 1024 * 1024,
             "scratch_files": 64,
-            "wave": WAVE,
         }
+        self._wave = fitting_wave(self.size, memory_mb)
         try:
             started = [self._spawn() for _ in range(self.size)]
             self._first_pid = started[0].pid
@@ -364,25 +409,42 @@ class SandboxPool:
         return self._spawn()
 
     def _run_chunk(self, programs: list[str], timeout: float) -> list[RunResult]:
-        """Results for a chunk on one template; a program the template fails on is retried once on a fresh one."""
+        """Results for a chunk on one template."""
         template = self._idle.get()
-        results: list[RunResult] = []
-        retried_at = -1
         try:
-            while len(results) < len(programs):
-                try:
-                    for result in template.run(programs[len(results):], timeout, self.output_cap):
-                        results.append(result)
-                except (_Died, _Stuck) as exc:
-                    template = self._replace(template)
-                    if retried_at == len(results):
-                        what = "stopped answering" if isinstance(exc, _Stuck) else "died"
-                        results.append(RunResult("error", reason=f"sandbox template {what} while running this program"))
-                    else:
-                        retried_at = len(results)
+            template, outcomes = self._run_on(template, programs, timeout, self._wave)
+            # Out of wall-clock time without having used its CPU time: it shared the CPU with
+            # its wave (perhaps with spinning neighbours), so it runs again, alone.
+            starved = [i for i, (header, _) in enumerate(outcomes)
+                       if self._wave > 1 and header is not None and header.outcome == "timeout"
+                       and header.cpu < STARVED_CPU_SHARE * timeout]
+            if starved:
+                template, again = self._run_on(template, [programs[i] for i in starved], timeout, 1)
+                for i, outcome in zip(starved, again):
+                    outcomes[i] = outcome
         finally:
             self._idle.put(template)
-        return results
+        return [raw if header is None else parse_reply(header, raw, self.output_cap, timeout)
+                for header, raw in outcomes]
+
+    def _run_on(self, template: _Template, programs: list[str], timeout: float, wave: int):
+        """(template, [(header, raw reply) or (None, RunResult)]): a program the template fails on is retried once
+        on a fresh template, and from then on one child at a time, so that a second failure names its program."""
+        outcomes: list = []
+        retried_at = -1
+        while len(outcomes) < len(programs):
+            try:
+                for outcome in template.run(programs[len(outcomes):], timeout, wave):
+                    outcomes.append(outcome)
+            except (_Died, _Stuck) as exc:
+                template = self._replace(template)
+                wave = 1
+                if retried_at == len(outcomes):
+                    what = "stopped answering" if isinstance(exc, _Stuck) else "died"
+                    outcomes.append((None, RunResult("error", reason=f"sandbox template {what} while running this program")))
+                else:
+                    retried_at = len(outcomes)
+        return template, outcomes
 
     def _layers(self, hello: dict) -> dict[str, tuple[bool, str]]:
         """What the first template reported, as layer -> (active, evidence or reason)."""
@@ -398,7 +460,7 @@ class SandboxPool:
             own_netns = None
         limits = child.get("rlimits", {})
         uid = _real_uid(self._first_pid)
-        wanted = {"nproc": 0, "fsize": 0, "core": 0, "nofile": 4, "cpu": self._limits["cpu_s"]}
+        wanted = {"nproc": 0, "fsize": 0, "core": 0, "nofile": CHILD_FDS, "cpu": self._limits["cpu_s"]}
         if self._limits["memory_bytes"]:
             wanted["as"] = self._limits["memory_bytes"]
         rlimits_on = all(limits.get(k) == v for k, v in wanted.items())

@@ -35,6 +35,7 @@ import gc
 import io
 import json
 import math
+import mmap
 import numbers
 import os
 import posixpath
@@ -47,8 +48,9 @@ import time
 PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS = 38, 39
 PR_SET_DUMPABLE, PR_GET_DUMPABLE = 4, 3
 PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+PR_SET_PDEATHSIG = 1
 SYS_LANDLOCK_RESTRICT_SELF = 446  # the same number on every architecture
-REPLY_FD = 3
+REPLY_FD, PROGRAM_FD = 3, 4
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -83,9 +85,10 @@ def read_frame(fd):
 
 
 def write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):
+            written += os.write(fd, view[written:])
 
 
 def send(fd, *bodies):
@@ -284,7 +287,6 @@ class Runner:
 
     def __init__(self, config):
         self.config = config
-        self.index = 0  # of the program in the current batch
         self.out = Capped(config["output_cap"])
         self.stdin = io.StringIO()
         self.scratch = Scratch(config["scratch_bytes"], config["scratch_files"])
@@ -346,9 +348,10 @@ class Lockdown:
 
     def __init__(self, config, null_fd):
         self.null_fd = null_fd
+        self.template = os.getpid()
         limits = config["limits"]
         wanted = ((resource.RLIMIT_AS, limits["memory_bytes"] or None), (resource.RLIMIT_CPU, limits["cpu_s"]),
-                  (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NPROC, 0), (resource.RLIMIT_NOFILE, REPLY_FD + 1),
+                  (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_NPROC, 0), (resource.RLIMIT_NOFILE, PROGRAM_FD + 1),
                   (resource.RLIMIT_CORE, 0))
         self.rlimits = tuple((which, (_within_hard(which, value),) * 2) for which, value in wanted if value is not None)
         self.seccomp = None
@@ -359,22 +362,36 @@ class Lockdown:
             self.seccomp = (ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
                             ctypes.byref(self._fprog), ctypes.c_ulong(0), ctypes.c_ulong(0))
 
-    def apply(self, reply_fd):
+    def apply(self, reply_fd, program_fd):
         """In the child: exits (status 71) without running anything if the filter does not load."""
+        # Dies with the template, so no child outlives a template the OOM killer took.
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.template:
+            os._exit(72)
         for fd in (0, 1, 2):
             os.dup2(self.null_fd, fd)
         os.dup2(reply_fd, REPLY_FD)
-        os.closerange(REPLY_FD + 1, 1 << 16)
+        os.dup2(program_fd, PROGRAM_FD)
+        os.closerange(PROGRAM_FD + 1, 1 << 16)
         for which, value in self.rlimits:
             resource.setrlimit(which, value)
         if self.seccomp is not None and _libc.prctl(*self.seccomp) != 0:
             os._exit(71)
 
 
-def child(program, runner, lockdown, reply_fd):
+def read_program():
+    """The child's program, from its own pipe (the template never held it when it forked)."""
+    parts = []
+    while chunk := os.read(PROGRAM_FD, 1 << 16):
+        parts.append(chunk)
+    os.close(PROGRAM_FD)
+    return b"".join(parts).decode("utf-8", "replace")
+
+
+def child(runner, lockdown, reply_fd, program_fd):
     try:
-        lockdown.apply(reply_fd)
-        data = runner.run(program)
+        lockdown.apply(reply_fd, program_fd)
+        data = runner.run(read_program())
         write_all(REPLY_FD, data)
         os._exit(0)
     finally:
@@ -394,24 +411,66 @@ _fork = ctypes.PyDLL(None, use_errno=True).fork
 
 
 class Kid:
-    """A running child as the template sees it."""
+    """A running child as the template sees it; its reply is read into a buffer dropped after use."""
 
-    __slots__ = ("pid", "fd", "reply", "outcome")
+    __slots__ = ("pid", "fd", "reply", "size", "outcome")
 
-    def __init__(self, pid, fd):
-        self.pid, self.fd, self.reply, self.outcome = pid, fd, bytearray(), None
+    def __init__(self, pid, fd, cap):
+        self.pid, self.fd, self.outcome = pid, fd, None
+        # A private mapping of its own, untouched pages until written: unmapped after use, the
+        # reply leaves the template's memory, so no later child can find it there. Private, not
+        # mmap's default MAP_SHARED: children forked after it would see what is read into it.
+        self.reply, self.size = mmap.mmap(-1, cap + 1, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), 0
+
+    def wipe(self):
+        self.reply.close()
 
 
-def spawn(program, runner, lockdown):
-    read_fd, write_fd = os.pipe()
+def relay_program(source, sink):
+    """Move one program frame from the parent to a child's pipe through a buffer that is wiped afterwards.
+
+    The template never decodes a program (no str copies of it live on in its heap), and
+    the buffer is zeroed before the next fork, so no child holds another's program.
+    """
+    length = int.from_bytes(read_into(source, bytearray(4)), "big")
+    buffer = read_into(source, bytearray(length))
+    try:
+        view = memoryview(buffer)
+        while view:
+            try:
+                view = view[os.write(sink, view):]
+            except BrokenPipeError:
+                break  # the child died before reading it; its outcome says so
+    finally:
+        buffer[:] = bytes(length)
+        os.close(sink)
+
+
+def read_into(fd, buffer):
+    view, got = memoryview(buffer), 0
+    while got < len(buffer):
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise EOFError("the parent closed the pipe mid-frame")
+        got += n
+    return buffer
+
+
+def spawn(runner, lockdown, source):
+    reply_r, reply_w = os.pipe()
+    program_r, program_w = os.pipe()
     pid = _fork()
     if pid == 0:
-        child(program, runner, lockdown, write_fd)
-    os.close(write_fd)
+        child(runner, lockdown, reply_w, program_r)
+    os.close(reply_w)
+    os.close(program_r)
     if pid < 0:
-        os.close(read_fd)
+        os.close(reply_r)
+        os.close(program_w)
         raise OSError(ctypes.get_errno(), "fork failed")
-    return Kid(pid, read_fd)
+    kid = Kid(pid, reply_r, runner.config["reply_cap"])
+    relay_program(source, program_w)
+    return kid
 
 
 def _exited_by(pid, deadline):
@@ -425,13 +484,16 @@ def _exited_by(pid, deadline):
         os.close(exited)
 
 
-def run_wave(programs, timeout, runner, lockdown):
-    """Run programs in children forked back to back; (header, raw reply) per program, in order.
+def run_wave(count, timeout, runner, lockdown, source, sink):
+    """Run `count` programs, read one by one from `source`, in children forked back to back.
 
     Forking the whole wave before servicing it means the template writes to few pages
-    between forks, so it takes few copy-on-write faults per child.
+    between forks, so it takes few copy-on-write faults per child. Each child gets its
+    program after it is forked, over its own pipe. Results go to `sink` in order: a header
+    (outcome, wait status, CPU seconds) and the child's raw reply bytes, sent from the
+    buffer they were read into, which is then wiped.
     """
-    kids = [spawn(program, runner, lockdown) for program in programs]
+    kids = [spawn(runner, lockdown, source) for _ in range(count)]
     deadline = time.monotonic() + timeout
     cap = runner.config["reply_cap"]
     open_fds = {kid.fd: kid for kid in kids}
@@ -444,16 +506,16 @@ def run_wave(programs, timeout, runner, lockdown):
             break
         for fd, _ in poller.poll(int(remaining * 1000) + 1):
             kid = open_fds[fd]
-            chunk = os.read(fd, 1 << 16)
-            if chunk:
-                kid.reply += chunk
-                if len(kid.reply) <= cap:
-                    continue
+            with memoryview(kid.reply) as whole, whole[kid.size:] as rest:
+                n = os.readv(fd, [rest])
+            kid.size += n
+            if n and kid.size <= cap:
+                continue
+            if kid.size > cap:
                 kid.outcome = "oversized"
             poller.unregister(fd)
             del open_fds[fd]
-    results = []
-    for kid in kids:
+    for index, kid in enumerate(kids):
         if kid.fd in open_fds or (kid.outcome is None and not _exited_by(kid.pid, deadline)):
             kid.outcome = "timeout"
         os.close(kid.fd)
@@ -461,11 +523,15 @@ def run_wave(programs, timeout, runner, lockdown):
             os.kill(kid.pid, signal.SIGKILL)
         _, status, usage = os.wait4(kid.pid, 0)
         outcome = kid.outcome or "exited"
-        header = '{"index":%d,"outcome":"%s","status":%d,"cpu":%r}' % (
-            runner.index, outcome, status, usage.ru_utime + usage.ru_stime)
-        runner.index += 1
-        results.append((header.encode(), bytes(kid.reply) if outcome == "exited" else b""))
-    return results
+        header = ('{"index":%d,"outcome":"%s","status":%d,"cpu":%r}' % (
+            index, outcome, status, usage.ru_utime + usage.ru_stime)).encode()
+        size = kid.size if outcome == "exited" else 0
+        try:
+            write_all(sink, b"".join((len(header).to_bytes(4, "big"), header, size.to_bytes(4, "big"))))
+            with memoryview(kid.reply) as whole, whole[:size] as reply:
+                write_all(sink, reply)
+        finally:
+            kid.wipe()
 
 
 PTRACE_ATTACH = 16
@@ -490,11 +556,13 @@ def _fork_attempt():
 def probe_child(runner, lockdown):
     """What the kernel enforces in a locked-down child (not what was asked for), checked by trying."""
     read_fd, write_fd = os.pipe()
+    empty_r, empty_w = os.pipe()
+    os.close(empty_w)
     pid = _fork()
     if pid == 0:
         os.close(read_fd)
         try:
-            lockdown.apply(write_fd)
+            lockdown.apply(write_fd, empty_r)
             found = {
                 "open": _attempt(lambda: _libc.open(b"/proc/self/status", os.O_RDONLY)),
                 "socket": _attempt(lambda: _libc.socket(2, 1, 0)),
@@ -514,6 +582,7 @@ def probe_child(runner, lockdown):
         finally:
             os._exit(70)
     os.close(write_fd)
+    os.close(empty_r)
     data = bytearray()
     while chunk := os.read(read_fd, 1 << 16):
         data += chunk
@@ -535,16 +604,12 @@ def main():
     send(OUT, json.dumps({"pid": os.getpid(), "layers": layers}).encode())
     gc.collect()
     gc.freeze()
-    wave = config["wave"]
     while True:
-        body = read_frame(IN)
+        body = read_frame(IN)  # {"count": n, "timeout": s}, then n program frames
         if body is None:
             return
-        batch = json.loads(body)
-        programs, runner.index = batch["programs"], 0
-        for start in range(0, len(programs), wave):
-            for header, reply in run_wave(programs[start:start + wave], batch["timeout"], runner, lockdown):
-                send(OUT, header, reply)
+        request = json.loads(body)
+        run_wave(request["count"], request["timeout"], runner, lockdown, IN, OUT)
 
 
 if __name__ == "__main__":
