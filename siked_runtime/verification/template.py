@@ -415,12 +415,13 @@ class Kid:
 
     __slots__ = ("pid", "fd", "reply", "size", "outcome")
 
-    def __init__(self, pid, fd, cap):
-        self.pid, self.fd, self.outcome = pid, fd, None
-        # A private mapping of its own, untouched pages until written: unmapped after use, the
-        # reply leaves the template's memory, so no later child can find it there. Private, not
-        # mmap's default MAP_SHARED: children forked after it would see what is read into it.
-        self.reply, self.size = mmap.mmap(-1, cap + 1, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), 0
+    def __init__(self, pid, fd):
+        self.pid, self.fd, self.outcome, self.reply, self.size = pid, fd, None, None, 0
+
+    def open_reply(self, cap):
+        # Made after the wave's last fork, so no child inherits it; a private mapping of its
+        # own, unmapped after use, so the reply leaves the template's memory with it.
+        self.reply = mmap.mmap(-1, cap + 1, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
     def wipe(self):
         self.reply.close()
@@ -468,9 +469,8 @@ def spawn(runner, lockdown, source):
         os.close(reply_r)
         os.close(program_w)
         raise OSError(ctypes.get_errno(), "fork failed")
-    kid = Kid(pid, reply_r, runner.config["reply_cap"])
     relay_program(source, program_w)
-    return kid
+    return Kid(pid, reply_r)
 
 
 def _exited_by(pid, deadline):
@@ -496,6 +496,8 @@ def run_wave(count, timeout, runner, lockdown, source, sink):
     kids = [spawn(runner, lockdown, source) for _ in range(count)]
     deadline = time.monotonic() + timeout
     cap = runner.config["reply_cap"]
+    for kid in kids:
+        kid.open_reply(cap)
     open_fds = {kid.fd: kid for kid in kids}
     poller = select.poll()
     for fd in open_fds:
