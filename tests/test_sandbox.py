@@ -13,16 +13,11 @@ import threading
 import time
 
 import pytest
+from hostile_programs import DISARM, ESCAPE  # noqa: E402
 
 from siked_runtime.verification import sandbox as sandbox_module
 from siked_runtime.verification.sandbox import SandboxPool, SandboxUnavailable
 
-# The real `sys` module, reached from inside the sandbox without `import`.
-ESCAPE = (
-    "sys = [c for c in ().__class__.__base__.__subclasses__()"
-    " if c.__name__ == '_wrap_close'][0].__init__.__globals__['sys']\n"
-    "os = sys.modules['os']\n"
-)
 
 
 @pytest.fixture(scope="module")
@@ -209,11 +204,7 @@ def test_a_child_holds_no_descriptor_but_its_own(pool):
 
 # Finds the bytes of SIBLINGMARKER anywhere in the child's memory except in its own needle,
 # probing each page with a shared futex wake first (EFAULT, not a crash, where nothing readable is mapped).
-SCAN = ESCAPE + (
-    "frame = sys._getframe()\n"
-    "while 'runner' not in frame.f_locals:\n"
-    "    frame = frame.f_back\n"
-    "frame.f_locals['runner'].armed[0] = False\n"
+SCAN = ESCAPE + DISARM + (
     "ctypes = sys.modules['ctypes']\n"
     "libc = ctypes.CDLL(None)\n"
     "needle = ''.join(['SIBLING', 'MARKER']).encode()\n"

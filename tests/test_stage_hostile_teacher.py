@@ -23,16 +23,13 @@ import yaml
 
 from siked_runtime.storage import open_store, read_manifest
 from chat_server import send_choices  # noqa: E402
+from hostile_programs import DISARM, ESCAPE  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 SIKED = str(Path(sys.executable).with_name("siked"))
 CANARIES = {"AWS_ACCESS_KEY_ID": "AKIACANARYSTAGE01", "AWS_SECRET_ACCESS_KEY": "canary-stage-secret-9d2e",
             "TEACHER_KEY": "sk-canary-stage-teacher"}
-ESCAPE = ("sys = [c for c in ().__class__.__base__.__subclasses__()"
-          " if c.__name__ == '_wrap_close'][0].__init__.__globals__['sys']\nos = sys.modules['os']\n")
-DISARM = ("frame = sys._getframe()\nwhile 'runner' not in frame.f_locals:\n    frame = frame.f_back\n"
-          "frame.f_locals['runner'].armed[0] = False\n")
 ATTACKS = [
     ESCAPE + DISARM + "answer = os.read(os.open(f'/proc/{os.getppid()}/environ', 0), 4096)",
     ESCAPE + DISARM + "answer = os.read(os.open(f'/proc/{os.getppid()}/cmdline', 0), 4096)",

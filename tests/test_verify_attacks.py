@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hostile_programs import DISARM, ESCAPE  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +42,6 @@ CANARIES = {
 # Gold answers of hostile rows: a program is `correct` only if it steals one.
 SECRET = "861753094"
 
-# Reaching the real `sys` and `os` without `import`, through an object every interpreter has.
-ESCAPE = (
-    "sys = [c for c in ().__class__.__base__.__subclasses__()"
-    " if c.__name__ == '_wrap_close'][0].__init__.__globals__['sys']\n"
-    "os = sys.modules['os']\n"
-)
-
-# Switches the audit hook off: the template's Runner is a local of a frame below the program's.
-DISARM = (
-    "frame = sys._getframe()\n"
-    "while frame is not None and 'runner' not in frame.f_locals:\n"
-    "    frame = frame.f_back\n"
-    "frame.f_locals['runner'].armed[0] = False\n"
-)
 
 NORMAL = [  # (gold, completion, verdict)
     ("72", "[pot]\nmay = 48 / 2\nanswer = 48 + may", "correct"),
