@@ -111,10 +111,24 @@ def test_pilot_tabulates_counts_per_family_and_strategy() -> None:
 
 
 @pytest.mark.slow
-def test_tiny_experiment_branches_from_iteration0_reports_and_resumes(tmp_path: Path) -> None:
+def test_tiny_experiment_pilot_branches_from_iteration0_reports_and_resumes(tmp_path: Path) -> None:
     path, out = _experiment(tmp_path), tmp_path / "out"
-    summary = run_experiment(path, out)
+    # --pilot: the first seed's iteration 0 and the pilot, nothing else
+    assert main(["experiment", str(path), "--dir", str(out), "--pilot"]) == 0
+    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == ["iteration0-s0"]
+    pilot = json.loads((out / "pilot.json").read_text())
+    assert set(pilot["strategies"]) == {"cot", "l2m", "pot"}
+    assert sum(c["n"] for f in pilot["table"].values() for c in f.values()) == 3 * 6
+    assert not pilot["gate"]["passed"]  # a random tiny model solves nothing
+    # a required gate that refuses stops the grid
+    required = tmp_path / "required" / "experiment.yaml"
+    required.parent.mkdir()
+    required.write_text(_experiment(tmp_path, pilot={"questions": 6, "required": True}).read_text())
+    assert main(["experiment", str(required), "--dir", str(out)]) == 3
+    assert "Stopped: the pilot's gate refused" in (out / "experiment.md").read_text()
 
+    path = _experiment(tmp_path)  # not required: the grid runs, reusing iteration 0 and the pilot
+    summary = run_experiment(path, out)
     assert set(summary["arms"]) == {"combined", "siked-all", "pot-only"}
     combined, siked, pot = (summary["arms"][a] for a in ("combined", "siked-all", "pot-only"))
     assert combined["runs"] == siked["runs"] == pot["runs"] == 2
@@ -148,18 +162,3 @@ def test_tiny_experiment_branches_from_iteration0_reports_and_resumes(tmp_path: 
     again = {d.name: {k: m["published_at"] for k, m in list_manifests(open_store(str(d))).items()}
              for d in out.iterdir() if d.is_dir()}
     assert again == published
-
-
-@pytest.mark.slow
-def test_pilot_only_stops_after_iteration0_and_a_refusing_gate_stops_the_experiment(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    assert main(["experiment", str(_experiment(tmp_path)), "--dir", str(out), "--pilot"]) == 0
-    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == ["iteration0-s0"]
-    pilot = json.loads((out / "pilot.json").read_text())
-    assert set(pilot["strategies"]) == {"cot", "l2m", "pot"}
-    assert sum(c["n"] for f in pilot["table"].values() for c in f.values()) == 3 * 6
-    # A random tiny model solves nothing: the gate refuses, and a required gate stops the grid.
-    assert not pilot["gate"]["passed"]
-    required = _experiment(tmp_path, pilot={"questions": 6, "required": True})
-    assert main(["experiment", str(required), "--dir", str(out)]) == 3
-    assert "Stopped: the pilot's gate refused" in (out / "experiment.md").read_text()
