@@ -101,6 +101,12 @@ def _accuracy_table(report: dict) -> list[str]:
     return lines
 
 
+def _unscored(report: dict) -> str:
+    missing = [what for what, scored in (("the untrained model", report["baseline"]),
+                                         ("the teacher", report.get("teacher"))) if not scored]
+    return f" This run did not score {' or '.join(missing)}." if missing else ""
+
+
 def _iterations_table(report: dict) -> list[str]:
     lines = ["| iteration | teacher rows | self rows | α (teacher share) | train loss | validation |",
              "|---|---|---|---|---|---|"]
@@ -232,9 +238,7 @@ def model_card_text(name: str, spec: DistillationSpec, report: dict, fmt: dict, 
         "",
         "## Accuracy",
         "",
-        "Greedy decoding, one answer per question, scored by siked's verifier"
-        + ("" if report["baseline"] else "; the untrained model was not scored in this run")
-        + ("" if report.get("teacher") else "; the teacher was not scored in this run") + ".",
+        "Greedy decoding, one answer per question, scored by siked's verifier." + _unscored(report),
         "",
         *_accuracy_table(report),
         "",
