@@ -107,7 +107,7 @@ def test_a_run_without_a_terminal_logs_only_siked_lines():
     assert run.stdout == ""
     lines = run.stderr.splitlines()
     assert all(line.startswith("[siked ") for line in lines[:-5]), [l for l in lines if not l.startswith("[siked")]
-    assert re.search(r"\] iter-000/train: step 2/2 · loss [\d.]+ · [\d.]+ s/step · done in \d+s$", run.stderr, re.M)
+    assert re.search(r"\] iter-000/train: step 2/2 · loss [\d.]+ · [\d.]+ (s/step|step/s) · done in \d+s$", run.stderr, re.M)
     assert re.search(r"\] iter-000/eval validation: 4/4 sequences · \d+ tokens", run.stderr)
     # the summary: the accuracy table and where the report is
     assert lines[-5].split() == ["accuracy", "validation", "synthetic-test"]
