@@ -70,6 +70,17 @@ def test_progress_without_a_terminal_writes_plain_lines_with_count_rate_and_eta(
     assert re.fullmatch(r".* iter-000/train: step 4/4 · loss 0\.51 · .* · done in \d+s", lines[1]), lines[1]
 
 
+def test_progress_on_a_terminal_is_a_live_bar_that_leaves_one_line(capsys):
+    bar = Progress("iter-000/eval validation", 3, unit="sequence", count="{done}/{total} sequences", tty=True)
+    for _ in range(3):
+        bar.update(1, "96 tokens (40 tok/s)")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" in err and "iter-000/eval validation: 3/3 sequence" in err  # the bar, redrawn in place
+    assert re.search(r"\[siked [\d:]+\] iter-000/eval validation: 3/3 sequences · 96 tokens \(40 tok/s\) · .* · done in",
+                     err.splitlines()[-1])
+
+
 def test_progress_lines_are_periodic_not_per_update(capsys):
     bar = Progress("sample[1]", 1000, interval=3600, tty=False)
     for _ in range(999):
