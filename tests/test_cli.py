@@ -92,7 +92,7 @@ def test_data_show_missing_file():
 
 def test_validate_prints_resolved_spec_or_errors(tmp_path):
     proc = siked("validate", ROOT / "examples" / "quickstart.yaml")
-    assert "samplesPerQuestion: 2" in proc.stdout and "backoffLimit: 3" in proc.stdout
+    assert "samplesPerQuestion: 4" in proc.stdout and "backoffLimit: 3" in proc.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: siked.io/v1alpha1\nkind: DistillationRun\nmetadata: {name: x}\n"
                    "spec: {student: {model: m}, mixing: {policy: alpha, alphaSchedule: [0.5, 2]}}\n")
