@@ -42,7 +42,7 @@ def seal(names: Iterable[str] = (), sweep: bool = False) -> list[str]:
             if value is not None:
                 _sealed[name] = value
                 moved.append(name)
-    _not_dumpable()
+    forbid_dumps()
     return moved
 
 
@@ -61,8 +61,8 @@ def s3_keys() -> dict[str, str]:
     return {k: v for k, v in keys.items() if v}
 
 
-def _not_dumpable() -> None:
-    # PR_SET_DUMPABLE 0: /proc/<pid>/{environ,mem,maps} and ptrace need CAP_SYS_PTRACE from now on.
+def forbid_dumps() -> None:
+    """PR_SET_DUMPABLE 0: this process's /proc/<pid>/{environ,mem,maps} and ptrace need CAP_SYS_PTRACE from now on."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)
     except (OSError, AttributeError):

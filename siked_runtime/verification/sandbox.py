@@ -222,14 +222,14 @@ class _Template:
                 raise _Died()
             self._buf += chunk
 
-    def run(self, programs: list[str], timeout: float, wave: int) -> Iterator[tuple[TemplateHeader, bytes]]:
+    def run(self, programs: list[bytes], timeout: float, wave: int) -> Iterator[tuple[TemplateHeader, bytes]]:
         """(header, raw reply) per program, in order, `wave` children at a time; raises _Died or _Stuck
         at the program the template failed on."""
         for start in range(0, len(programs), wave):
             batch = programs[start:start + wave]
             try:
                 self._send(json.dumps({"count": len(batch), "timeout": timeout}).encode(),
-                           *(p.encode("utf-8", "surrogatepass") for p in batch))
+                           *batch)
             except OSError:
                 raise _Died() from None
             for index in range(len(batch)):
@@ -336,19 +336,21 @@ class SandboxPool:
         timeout = self.timeout if timeout is None else timeout
         programs = list(programs)
         results: list[RunResult | None] = [None] * len(programs)
-        runnable = []
+        encoded: dict[int, bytes] = {}  # what a child receives, encoded once
         for i, program in enumerate(programs):
             if not isinstance(program, str):
                 results[i] = RunResult("error", reason=f"program is {type(program).__name__}, not text")
-            elif len(program.encode("utf-8", "replace")) > MAX_PROGRAM_BYTES:
+                continue
+            encoded[i] = program.encode("utf-8", "surrogatepass")
+            if len(encoded[i]) > MAX_PROGRAM_BYTES:
+                del encoded[i]
                 results[i] = RunResult("error", reason=f"program larger than {MAX_PROGRAM_BYTES} bytes")
-            else:
-                runnable.append(i)
+        runnable = list(encoded)
         size = max(1, min(CHUNK, math.ceil(len(runnable) / self.size)))
         chunks = [runnable[k:k + size] for k in range(0, len(runnable), size)]
 
         def lane(chunk: list[int]) -> None:
-            for i, result in zip(chunk, self._run_chunk([programs[i] for i in chunk], timeout)):
+            for i, result in zip(chunk, self._run_chunk([encoded[i] for i in chunk], timeout)):
                 results[i] = result
 
         if len(chunks) == 1:
@@ -408,7 +410,7 @@ class SandboxPool:
         template.kill()
         return self._spawn()
 
-    def _run_chunk(self, programs: list[str], timeout: float) -> list[RunResult]:
+    def _run_chunk(self, programs: list[bytes], timeout: float) -> list[RunResult]:
         """Results for a chunk on one template."""
         template = self._idle.get()
         try:
@@ -427,7 +429,7 @@ class SandboxPool:
         return [raw if header is None else parse_reply(header, raw, self.output_cap, timeout)
                 for header, raw in outcomes]
 
-    def _run_on(self, template: _Template, programs: list[str], timeout: float, wave: int):
+    def _run_on(self, template: _Template, programs: list[bytes], timeout: float, wave: int):
         """(template, [(header, raw reply) or (None, RunResult)]): a program the template fails on is retried once
         on a fresh template, and from then on one child at a time, so that a second failure names its program."""
         outcomes: list = []

@@ -55,12 +55,9 @@ def _init_symbolic_worker() -> None:
     # Timeouts are ours (an alarm per check); math-verify warns once about its own being off.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     # Like the verifier: its memory and /proc files closed to other processes of its uid.
-    try:
-        import ctypes
+    from siked_runtime.credentials import forbid_dumps
 
-        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
-    except (OSError, AttributeError):
-        pass
+    forbid_dumps()
     # `9**9**9` must fail with MemoryError here, not take the host's memory.
     try:
         resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
