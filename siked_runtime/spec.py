@@ -60,7 +60,14 @@ class MixingPolicy(str, Enum):
 
 class Finetune(str, Enum):
     lora = "lora"
+    qlora = "qlora"
     full = "full"
+
+
+class DistributedStrategy(str, Enum):
+    none = "none"
+    ddp = "ddp"
+    fsdp = "fsdp"
 
 
 class Dtype(str, Enum):
@@ -118,12 +125,44 @@ def _check_labels(labels: dict[str, str] | None, values: bool = True) -> dict[st
 _URI = re.compile(r"^(file://|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$))")
 
 
+# --- engines and shards ----------------------------------------------------------------
+
+
+class VllmEngineSpec(Spec):
+    """vLLM engine settings (sampling.backend `vllm`, teacher.kind `vllm`)."""
+
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, le=64, description="GPUs the model is sharded over (tensor parallelism); default: the stage's GPUs "
+        "(resources.<stage>.gpus), 1 without GPUs.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of each GPU's memory vLLM may take (weights, activations, KV cache).")
+    max_model_len: int | None = Field(
+        None, ge=32, le=1_048_576, description="Context length the engine reserves KV cache for; default: the "
+        "student's maxSeqLength when sampling, the model's own limit for the teacher.")
+    max_num_seqs: int | None = Field(
+        None, ge=1, le=65536, description="Sequences decoded at once (vLLM's default when unset).")
+    enforce_eager: bool = Field(False, description="Skip CUDA graph capture: faster start, slower decoding.")
+
+
+Shards = Annotated[int, Field(ge=1, le=1024)]
+SHARDS_DESCRIPTION = (
+    "Split the stage's questions into this many parts. On Kubernetes the stage is an Indexed Job with one pod per "
+    "part, each retried alone (backoffLimitPerIndex = backoffLimit); locally the parts run side by side. Every "
+    "question is handled by exactly one part, and the stage is done once every part is.")
+
+
 # --- teacher and student ---------------------------------------------------------------
 
 
 class SecretKeyRef(Spec):
     name: str = Field(description="Name of a Secret in the run's namespace.", min_length=1)
     key: str = Field(description="Key inside the Secret.", min_length=1)
+
+
+class TeacherPricing(Spec):
+    input_per_million: float = Field(ge=0.0, description="Price of one million prompt tokens.")
+    output_per_million: float = Field(ge=0.0, description="Price of one million completion tokens.")
+    currency: str = Field("USD", min_length=1, max_length=8, description="Currency the prices are in.")
 
 
 class TeacherSpec(Spec):
@@ -145,6 +184,17 @@ class TeacherSpec(Spec):
         1, ge=1, le=64, description="Keep at most this many verified-correct solutions per question and strategy (m)."
     )
     max_tokens: int = Field(512, ge=16, le=32768, description="Token limit per teacher solution.")
+    requests_per_minute: int | None = Field(
+        None, ge=1, description="openai: at most this many requests start per minute (unset: no limit).")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="openai: at most this many tokens (prompt + completion) per minute (unset: no limit).")
+    max_failure_share: Probability = Field(
+        0.05, description="openai: share of question × strategy requests that may fail after all retries (counted "
+        "in the manifest, not kept); past it the stage fails with the reason.")
+    pricing: TeacherPricing | None = Field(
+        None, description="openai: prices per million tokens; the manifest and report then show the cost.")
+    vllm: VllmEngineSpec = Field(default_factory=VllmEngineSpec, description="Engine settings when kind is `vllm`.")
+    shards: Shards = Field(1, description=SHARDS_DESCRIPTION)
 
     @model_validator(mode="after")
     def _needs_model(self) -> TeacherSpec:
@@ -172,7 +222,9 @@ class StudentSpec(Spec):
         "SmolLM2-135M-Instruct, `builtin:tiny-random` a tiny randomly initialised model for smoke tests.",
         min_length=1,
     )
-    finetune: Finetune = Field(Finetune.lora, description="`lora` (merged after training) or `full` fine-tuning.")
+    finetune: Finetune = Field(
+        Finetune.lora, description="`lora` (merged after training), `qlora` (LoRA on a 4-bit NF4 base via "
+        "bitsandbytes; needs a CUDA GPU) or `full` fine-tuning.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings when finetune is `lora`.")
     dtype: Dtype = Field(Dtype.auto, description="Weights dtype; `auto` is bf16 where the hardware has native bf16 (GPUs; CPUs with "
         "AVX512-BF16/AMX for generation and mixed-precision training), else fp32.")
@@ -279,6 +331,8 @@ class SamplingSpec(Spec):
     batch_size: int = Field(32, ge=1, le=65536, description="Prompts per generation batch.")
     max_new_tokens: int = Field(256, ge=8, le=32768, description="Token limit per sampled solution.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling threshold (the paper's: 0.95).")
+    vllm: VllmEngineSpec = Field(default_factory=VllmEngineSpec, description="Engine settings when backend is `vllm`.")
+    shards: Shards = Field(1, description=SHARDS_DESCRIPTION)
 
 
 class MixingSpec(Spec):
@@ -319,6 +373,26 @@ class MixingSpec(Spec):
         return self
 
 
+class DistributedSpec(Spec):
+    strategy: DistributedStrategy = Field(
+        DistributedStrategy.none, description="`ddp` (a model replica per process, gradients all-reduced), `fsdp` "
+        "(parameters, gradients and optimizer state fully sharded: full fine-tuning of large students) or `none` "
+        "(one process). Processes are started with torchrun.")
+    nproc_per_node: int | None = Field(
+        None, ge=1, le=64, description="Processes per node; default: the train stage's GPUs (resources.train.gpus), "
+        "1 without GPUs (set it to run several CPU processes with the gloo backend).")
+    nodes: int = Field(
+        1, ge=1, le=256, description="Nodes; more than one makes the train stage an Indexed Job with one pod per node "
+        "and a headless Service for the rendezvous.")
+    port: int = Field(29500, ge=1024, le=65535, description="Rendezvous port of the first process.")
+
+    @model_validator(mode="after")
+    def _needs_strategy(self) -> DistributedSpec:
+        if self.strategy == DistributedStrategy.none and (self.nodes > 1 or (self.nproc_per_node or 1) > 1):
+            raise ValueError(".strategy must be ddp or fsdp to train on more than one process")
+        return self
+
+
 class TrainingSpec(Spec):
     epochs: float = Field(2.0, gt=0, le=1000, description="Epochs per iteration.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
@@ -330,6 +404,9 @@ class TrainingSpec(Spec):
     lr_scheduler: str = Field("cosine", description="transformers scheduler name: cosine, linear, constant, …")
     packing: bool = Field(True, description="Padding-free packed batches where the model supports it.")
     continue_from_previous: bool = Field(True, description="Iteration t ≥ 1 starts from iteration t-1's weights.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third more compute.")
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Multi-process training.")
 
     @field_validator("lr_scheduler")
     @classmethod
@@ -345,6 +422,7 @@ class EvaluationSpec(Spec):
     teacher: bool = Field(False, description="Score the teacher once on the same sets.")
     batch_size: int = Field(32, ge=1, le=65536, description="Prompts per greedy-decoding batch.")
     max_new_tokens: int = Field(256, ge=8, le=32768, description="Token limit per answer.")
+    shards: Shards = Field(1, description=SHARDS_DESCRIPTION)
 
 
 class SandboxLayer(str, Enum):

@@ -618,12 +618,21 @@ def read_manifest(store: Store, prefix: str) -> dict[str, Any] | None:
         return None
 
 
+JOURNAL = "journal"  # <stage>/journal/: what a stage already paid for (teacher replies); survives a rerun
+PARTS = "parts"      # <stage>/parts/<part>/: one shard's artifacts and manifest; a finished part survives a rerun
+
+
 def clear_stage(store: Store, prefix: str, *, force: bool = False) -> bool:
     """Delete what an interrupted run of the stage at `prefix` left behind; returns whether it deleted.
 
     A finished stage (manifest present) is left alone unless `force=True`, so a
-    rerun can call this unconditionally without losing finished work.
+    rerun can call this unconditionally without losing finished work. Two things
+    of an unfinished stage are kept too, because they are finished work: every
+    `journal/` in it (requests already paid for) and every part under `parts/` that has
+    its own manifest (a shard that is done). `force=True` deletes everything.
     """
+    if not prefix.strip("/"):
+        raise ValueError("clear_stage needs a stage prefix; an empty one would delete the whole run")
     key = _manifest_key(prefix)
     if store.exists(key):
         if not force:
@@ -631,7 +640,27 @@ def clear_stage(store: Store, prefix: str, *, force: bool = False) -> bool:
         # Manifest first: if deletion stops halfway, the stage reads as
         # unfinished rather than as done with artifacts missing.
         store.delete(key)
-    store.delete_prefix(prefix)
+    if force:
+        store.delete_prefix(prefix)
+        return True
+    base = prefix.strip("/") + "/"
+    keys = store.list(prefix)
+    done_parts = {k[len(base):].split("/")[1] for k in keys
+                  if k.startswith(base + PARTS + "/") and k.count("/") == base.count("/") + 2
+                  and k.endswith("/" + MANIFEST)}
+
+    def kept(k: str) -> bool:
+        rest = k[len(base):].split("/")
+        if JOURNAL in rest[:-1]:  # the stage's journal, or one of its parts'
+            return True
+        return rest[0] == PARTS and len(rest) > 2 and rest[1] in done_parts
+
+    if not any(kept(k) for k in keys):
+        store.delete_prefix(prefix)  # one call: fast on S3, and removes in-flight local writes too
+        return True
+    for k in keys:
+        if not kept(k):
+            store.delete(k)
     return True
 
 

@@ -108,6 +108,12 @@ INVALID = [
     ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "Always"),
     ({"backoffLimit": -2}, "spec.backoffLimit", "greater than or equal to 0"),
     ({"iteratons": {"max": 2}}, "spec.iteratons", "unknown field"),
+    ({"training": {"distributed": {"nodes": 2}}}, "spec.training.distributed.strategy", "ddp or fsdp"),
+    ({"training": {"distributed": {"strategy": "zero3"}}}, "spec.training.distributed.strategy", "'none', 'ddp' or"),
+    ({"sampling": {"shards": 0}}, "spec.sampling.shards", "greater than or equal to 1"),
+    ({"sampling": {"vllm": {"gpuMemoryUtilization": 1.5}}}, "spec.sampling.vllm.gpuMemoryUtilization", "less than"),
+    ({"teacher": {"maxFailureShare": 2}}, "spec.teacher.maxFailureShare", "less than or equal to 1"),
+    ({"teacher": {"pricing": {"inputPerMillion": 1}}}, "spec.teacher.pricing.outputPerMillion", "required"),
 ]
 
 

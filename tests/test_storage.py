@@ -309,6 +309,31 @@ def test_clear_stage(store: Store) -> None:
         clear_stage(store, "")  # would wipe the whole run
 
 
+def test_clear_stage_keeps_the_journal_and_finished_parts(store: Store) -> None:
+    store.put_text("teacher/all.jsonl", "{}\n")                      # partial output: goes
+    store.put_text("teacher/journal/000.jsonl", "{}\n")              # paid-for replies: stay
+    publish(store, "teacher/parts/0", {"rows": 1})                    # a finished part: stays
+    store.put_text("teacher/parts/0/solutions.jsonl", "{}\n")
+    store.put_text("teacher/parts/1/solutions.jsonl", "{}\n")        # an unfinished part: goes
+    store.put_text("teacher/parts/1/journal/000.jsonl", "{}\n")      # its journal: stays
+    store.put_text("teacher/journal.txt", "not the journal folder")   # a file named like it: goes
+
+    assert clear_stage(store, "teacher") is True
+    assert store.list("teacher") == [
+        "teacher/journal/000.jsonl",
+        "teacher/parts/0/manifest.json",
+        "teacher/parts/0/solutions.jsonl",
+        "teacher/parts/1/journal/000.jsonl",
+    ]
+    # The unfinished part, cleared on its own, keeps its own journal.
+    store.put_text("teacher/parts/1/solutions.jsonl", "{}\n")
+    assert clear_stage(store, "teacher/parts/1") is True
+    assert store.list("teacher/parts/1") == ["teacher/parts/1/journal/000.jsonl"]
+    # Forced: everything goes.
+    assert clear_stage(store, "teacher", force=True) is True
+    assert store.list("teacher") == []
+
+
 # -------------------------------------------------------- opening and errors
 
 

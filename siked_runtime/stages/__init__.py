@@ -11,10 +11,14 @@
 
 `run_stage` is what both executors call: it clears what an interrupted earlier
 attempt left behind, runs the stage, and publishes its manifest last.
+
+A stage started by torchrun (a multi-process train stage) runs in every process;
+only rank 0 clears and publishes, the other ranks take part in the work.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from siked_runtime.graph import StageKey
@@ -42,6 +46,14 @@ def _function(stage: str):
 VERIFYING = frozenset({"teacher", "baseline", "teacher-eval", "sample", "eval"})
 
 
+def process_rank() -> int:
+    """This process's global rank when torchrun started it (its RANK variable), else 0."""
+    value = os.environ.get("RANK", "0")
+    if not value.isdigit():
+        raise ValueError(f"RANK must be a process rank (a whole number), got {value!r}")
+    return int(value)
+
+
 def run_stage(spec: DistillationSpec, store: Store, key: StageKey) -> dict:
     """Run one stage to completion and publish its manifest; a finished stage is a no-op.
 
@@ -57,10 +69,12 @@ def run_stage(spec: DistillationSpec, store: Store, key: StageKey) -> dict:
         from siked_runtime.stages.verification import check_sandbox
 
         sandbox = check_sandbox(spec.verification)  # refuses to start without a required layer
-    clear_stage(store, key.prefix)
+    leader = process_rank() == 0
+    if leader:
+        clear_stage(store, key.prefix)
     start = time.perf_counter()
     manifest = _function(key.stage)(spec, store, key.iteration)
     manifest = {"stage": key.stage, "iteration": key.iteration, **manifest,
                 **({"sandbox_layers": sandbox} if sandbox is not None else {}),
                 "duration_seconds": round(time.perf_counter() - start, 3)}
-    return publish(store, key.prefix, manifest)
+    return publish(store, key.prefix, manifest) if leader else manifest
