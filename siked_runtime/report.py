@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 from typing import Mapping
 
-from siked_runtime.graph import BASELINE, EVAL, REFERENCE, SAMPLE, TEACHER_EVAL, TRAIN, VALIDATION, StageKey, plan
+from siked_runtime.graph import (BASELINE, EVAL, REFERENCE, SAMPLE, TEACHER, TEACHER_EVAL, TRAIN, VALIDATION,
+                                 StageKey, plan)
 from siked_runtime.spec import DistillationSpec, Method
 from siked_runtime.storage import Store, list_manifests
 from siked_runtime.strategies import STRATEGIES
@@ -45,6 +46,8 @@ def build_report(spec: DistillationSpec, done: Mapping[str, Mapping]) -> dict:
               "stop_reason": p.stop_reason, "finished": p.finished}
     if teacher is not None:
         report["teacher"] = teacher
+    if usage := teacher_usage(spec, done.get(StageKey(TEACHER).prefix, {})):
+        report["teacher_usage"] = usage
     if spec.method == Method.skintern:
         reference = done.get(StageKey(REFERENCE).prefix)
         report["skintern"] = {
@@ -55,6 +58,39 @@ def build_report(spec: DistillationSpec, done: Mapping[str, Mapping]) -> dict:
             "inference_prompt_tokens": None if reference is None else reference["inference_prompt_tokens"],
         }
     return report
+
+
+def teacher_usage(spec: DistillationSpec, stage: Mapping) -> dict | None:
+    """The teacher API's tokens, requests and cost (from the stage's manifest; the cost from the spec's prices
+    where the manifest has none, e.g. one merged from shards)."""
+    usage = stage.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    out = {**usage, "questions_x_strategies": stage.get("questions", 0) * len(spec.strategies)}
+    if cost := stage.get("cost"):
+        out["cost"] = cost
+    elif (pricing := spec.teacher.pricing) is not None:
+        total = (usage.get("prompt_tokens", 0) * pricing.input_per_million
+                 + usage.get("completion_tokens", 0) * pricing.output_per_million) / 1e6
+        out["cost"] = {"total": round(total, 6), "currency": pricing.currency}
+    return out
+
+
+def render_teacher_usage(usage: dict) -> list[str]:
+    """One table row: tokens, requests, retries, failures and cost of the teacher stage."""
+    cost = usage.get("cost")
+    missing = usage.get("replies_without_usage", 0)
+    lines = ["", "## Teacher API", "",
+             "| tokens (prompt + completion) | replies (from the journal) | requests | retries | failed | cost |",
+             "|---|---|---|---|---|---|",
+             f"| {usage.get('total_tokens', 0):,} ({usage.get('prompt_tokens', 0):,} + "
+             f"{usage.get('completion_tokens', 0):,}) | {usage.get('replies', 0):,} ({usage.get('reused_replies', 0):,}) | "
+             f"{usage.get('requests', 0):,} | {usage.get('retries', 0):,} | "
+             f"{usage.get('failures', 0):,} of {usage.get('questions_x_strategies', 0):,} | "
+             + (f"{cost['total']:.4f} {cost['currency']}" if cost else "–") + " |"]
+    if missing:
+        lines += ["", f"{missing} replies came without token usage; the counts above leave them out."]
+    return lines
 
 
 def _fmt(x) -> str:
@@ -85,6 +121,8 @@ def render_markdown(name: str, report: dict) -> str:
         lines.append(f"| {it['iteration']} | {it['teacher_rows']} | {it['self_rows']} | {_fmt(it['alpha'])} | "
                      f"{_fmt(it['sample_accuracy'])} | {shares} | {_fmt(it['kl_train_to_student'])} | "
                      f"{_fmt(it['train_loss'])} |")
+    if "teacher_usage" in report:
+        lines += render_teacher_usage(report["teacher_usage"])
     if "skintern" in report:
         lines += render_skintern(report, sets)
     lines += ["", "![accuracy](accuracy.png)", "", "![strategies](strategies.png)", ""]

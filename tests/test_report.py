@@ -51,3 +51,43 @@ def test_strategy_legend_leaves_the_alpha_line_visible():
     assert list(alpha[0].get_ydata()) == [0.9, 0.95]  # near the top, where the legend used to sit
     assert _legend_clear_of_axes(fig)
     pyplot().close(fig)
+
+
+def _teacher_spec(pricing=None):
+    from siked_runtime.spec import DistillationSpec
+
+    teacher = {"kind": "openai", "model": "t", "endpoint": "http://teacher:8000/v1"}
+    if pricing:
+        teacher["pricing"] = pricing
+    return DistillationSpec.model_validate({"student": {"model": "builtin:tiny-random"}, "teacher": teacher,
+                                            "strategies": ["cot", "pot"]})
+
+
+def _full_report(**extra) -> dict:
+    """`_report()` with every field `render_markdown` reads."""
+    its = [{"regressed": False, "teacher_rows": 10, "self_rows": 0, "sample_accuracy": None,
+            "kl_train_to_student": None, "train_loss": None, **it} for it in _report()["iterations"]]
+    return {**_report(), "iterations": its, "finished": True, "stop_reason": None, **extra}
+
+
+USAGE = {"prompt_tokens": 2_000_000, "completion_tokens": 500_000, "total_tokens": 2_500_000, "requests": 410,
+         "retries": 12, "failures": 3, "replies": 800, "reused_replies": 150, "replies_without_usage": 0}
+
+
+def test_teacher_usage_and_cost_in_one_table_row():
+    from siked_runtime.report import render_markdown, teacher_usage
+
+    spec = _teacher_spec({"inputPerMillion": 1.5, "outputPerMillion": 6.0, "currency": "EUR"})
+    # a manifest merged from shards has usage but no cost: the spec's prices give it
+    usage = teacher_usage(spec, {"questions": 200, "usage": USAGE})
+    assert usage["cost"] == {"total": 6.0, "currency": "EUR"} and usage["questions_x_strategies"] == 400
+    priced = teacher_usage(spec, {"questions": 200, "usage": USAGE, "cost": {"total": 5.5, "currency": "USD"}})
+    assert priced["cost"]["total"] == 5.5  # what the stage recorded wins
+    assert teacher_usage(spec, {"questions": 200}) is None  # an offline teacher: no section
+
+    text = render_markdown("demo", _full_report(teacher_usage=usage))
+    assert "## Teacher API" in text
+    assert "| 2,500,000 (2,000,000 + 500,000) | 800 (150) | 410 | 12 | 3 of 400 | 6.0000 EUR |" in text
+    unpriced = teacher_usage(_teacher_spec(), {"questions": 200, "usage": {**USAGE, "replies_without_usage": 4}})
+    text = render_markdown("demo", _full_report(teacher_usage=unpriced))
+    assert "| 3 of 400 | – |" in text and "4 replies came without token usage" in text

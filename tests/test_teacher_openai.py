@@ -8,8 +8,8 @@ import pytest
 
 from siked_runtime.strategies import parse_solution
 from siked_runtime.teachers.fewshot import fewshot_messages
-from siked_runtime.teachers.openai_api import ChatClient, TeacherAPIError, solve
-from chat_server import send_choices  # noqa: E402
+from siked_runtime.teachers.openai_api import ChatClient, TeacherAPIError, parse_reply, retry_after, solve
+from chat_server import send_choices, send_json  # noqa: E402
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -29,6 +29,14 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             self.requests.append({"auth": self.headers.get("authorization"), "body": body})
             script = self.failures.get(question, [])
             status = script.pop(0) if script else 200
+        if status == "malformed":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>upstream busy</html>")
+            return
+        if status == 401:  # a proxy that echoes the request's credentials in its error
+            send_json(self, 401, {"error": {"message": f"invalid key in {self.headers.get('authorization')}"}})
+            return
         if status != 200:
             self.send_response(status)
             if status == 429:
@@ -122,3 +130,51 @@ def test_concurrency_limit_is_respected(server):
     finally:
         FakeOpenAI.do_POST = original
     assert peak[0] == 2
+
+
+def test_malformed_replies_are_retried_then_named(server):
+    FakeOpenAI.failures = {RECORDS[0]["question"]: ["malformed"], RECORDS[1]["question"]: ["malformed"] * 5}
+    rows = solve(client(server, max_retries=2), RECORDS[:1], ["cot"])
+    assert rows[0]["completion"].startswith("[cot]")
+    with pytest.raises(TeacherAPIError, match=r"failed after 3 attempts: malformed chat/completions reply .*upstream busy"):
+        solve(client(server, max_retries=2), RECORDS[1:2], ["cot"])
+
+
+def test_an_error_never_quotes_the_api_key(server, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", "sk-secret-123")
+    FakeOpenAI.failures = {RECORDS[0]["question"]: [401]}
+    with pytest.raises(TeacherAPIError) as refused:
+        solve(client(server, api_key_env="TEACHER_KEY"), RECORDS[:1], ["cot"])
+    assert "HTTP 401: invalid key in Bearer ***" in str(refused.value) and "sk-secret" not in str(refused.value)
+
+
+def _response(payload, status=200, headers=None):
+    import httpx
+
+    return httpx.Response(status, json=payload, headers=headers)
+
+
+def test_replies_give_choices_in_index_order_finish_reasons_and_usage():
+    reply = parse_reply(_response({"choices": [
+        {"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
+        {"index": 0, "message": {"content": None}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "prompt_tokens_details": None}}))
+    assert reply.texts == ["", "b"] and reply.finish_reasons == ["stop", "length"]
+    assert reply.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    # usage a server did not send, or sent as nonsense, is missing rather than a wrong count
+    for usage in (None, {"prompt_tokens": "7", "completion_tokens": 3}, {"completion_tokens": 3}, [1]):
+        assert parse_reply(_response({"choices": [{"message": {"content": "x"}}], "usage": usage})).usage is None
+    for bad in ({"choices": []}, {"choices": [{"message": {"content": 3}}]}, {"object": "error"}, [1]):
+        with pytest.raises(TeacherAPIError, match="malformed chat/completions reply"):
+            parse_reply(_response(bad))
+
+
+def test_retry_after_in_seconds_milliseconds_or_as_a_date():
+    from email.utils import formatdate
+    import time
+
+    assert retry_after(_response({}, 429, {"Retry-After": "3"})) == 3.0
+    assert retry_after(_response({}, 429, {"retry-after-ms": "250", "Retry-After": "3"})) == 0.25
+    assert 8 <= retry_after(_response({}, 429, {"Retry-After": formatdate(time.time() + 10, usegmt=True)})) <= 10
+    assert retry_after(_response({}, 429, {"Retry-After": "soon"})) is None
+    assert retry_after(_response({}, 429)) is None
