@@ -2,7 +2,8 @@
 
 Every stage (in any process, on any machine) calls these and gets the same
 records: loading is deterministic, the validation split is hash-based, and
-synthetic problems come from the spec's seeds.
+synthetic problems come from the spec's seeds. Inside a part of a sharded stage
+(`shards.working_on`) both loaders return that part's slice of every set.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import lru_cache
 from siked_runtime.datasets import load_records, split_validation
 from siked_runtime.graph import VALIDATION
 from siked_runtime.spec import DatasetSpec, DistillationSpec
+from siked_runtime.stages.shards import take_part
 
 
 def load_dataset(ds: DatasetSpec) -> list[dict]:
@@ -45,7 +47,7 @@ def _split(spec: DistillationSpec) -> tuple[list[dict], list[dict]]:
 def train_questions(spec: DistillationSpec) -> list[dict]:
     """Training questions: the train set minus the validation split and anything an eval set holds."""
     held_out = {r["question"] for ds in spec.datasets.eval for r in _cached(ds)}
-    return [r for r in _split(spec)[0] if r["question"] not in held_out]
+    return take_part([r for r in _split(spec)[0] if r["question"] not in held_out])
 
 
 def eval_sets(spec: DistillationSpec) -> dict[str, list[dict]]:
@@ -53,4 +55,4 @@ def eval_sets(spec: DistillationSpec) -> dict[str, list[dict]]:
     sets = {VALIDATION: _split(spec)[1]}
     for ds in spec.datasets.eval:
         sets[ds.name] = list(_cached(ds))
-    return sets
+    return {name: take_part(records) for name, records in sets.items()}

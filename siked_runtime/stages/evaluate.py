@@ -4,18 +4,21 @@ Writes `predictions-<set>.jsonl.gz` per set. The manifest's `accuracy.validation
 is what the stage graph selects on; test sets are only reported. It also records
 the student's strategy shares and, for eval[t], the KL divergence between the
 strategy distribution of iteration t's training data and the student's own.
+With `evaluation.shards` > 1 each part scores its slice of every set and the
+merge (stages/shards.py) scores the sets whole again.
 """
 
 from __future__ import annotations
 
 import time
 
-from siked_runtime.graph import BASELINE, TEACHER_EVAL, TRAIN, VALIDATION, StageKey
+from siked_runtime.graph import BASELINE, EVAL, TEACHER_EVAL, TRAIN, VALIDATION, StageKey
 from siked_runtime.scoring import accuracy, accuracy_by_strategy, kl_divergence, strategy_shares
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import local_model, log
 from siked_runtime.stages.data import eval_sets
 from siked_runtime.stages.generation import StudentGenerator
+from siked_runtime.stages.shards import output_prefix
 from siked_runtime.stages.verification import verify_rows
 from siked_runtime.storage import Store, read_manifest
 
@@ -25,7 +28,8 @@ def score(rows: list[dict]) -> dict:
             "accuracy_by_strategy": accuracy_by_strategy(rows), "n": len(rows)}
 
 
-def _publish_sets(store: Store, prefix: str, scored: dict[str, list[dict]]) -> dict:
+def publish_sets(store: Store, prefix: str, scored: dict[str, list[dict]]) -> dict:
+    """Write each set's predictions under `prefix` and score them: the manifest's per-set maps."""
     manifest = {"accuracy": {}, "strategy_shares": {}, "accuracy_by_strategy": {}, "n": {}, "predictions": {}}
     for name, rows in scored.items():
         key = f"{prefix}/predictions-{name}.jsonl.gz"
@@ -48,21 +52,26 @@ def evaluate_model(spec: DistillationSpec, store: Store, model_path, prefix: str
             rows = [{"id": r["id"], "answer": r["answer"], "completion": c[0]} for r, c in zip(records, completions)]
             scored[name] = verify_rows(rows, f"{prefix} verify {name}", spec.verification)
         tokens = gen.tokens
-    manifest = _publish_sets(store, prefix, scored)
+    manifest = publish_sets(store, output_prefix(prefix), scored)
     manifest |= {"model": str(model_path), "generated_tokens": tokens,
                  "seconds": round(time.perf_counter() - start, 3)}
     return manifest
 
 
-def run_eval(spec: DistillationSpec, store: Store, iteration: int) -> dict:
-    train_prefix = StageKey(TRAIN, iteration).prefix
-    manifest = evaluate_model(spec, store, local_model(store, train_prefix), StageKey("eval", iteration).prefix)
-    train = read_manifest(store, train_prefix) or {}
+def with_kl(spec: DistillationSpec, store: Store, iteration: int, manifest: dict) -> dict:
+    """eval[t]'s manifest with the KL divergence from train[t]'s strategy shares to the student's own."""
+    train = read_manifest(store, StageKey(TRAIN, iteration).prefix) or {}
+    manifest = dict(manifest)
     if train.get("strategy_shares"):
         manifest["kl_train_to_student"] = kl_divergence(train["strategy_shares"],
                                                         manifest["strategy_shares"][VALIDATION])
     manifest["iteration"] = iteration
     return manifest
+
+
+def run_eval(spec: DistillationSpec, store: Store, iteration: int) -> dict:
+    model = local_model(store, StageKey(TRAIN, iteration).prefix)
+    return with_kl(spec, store, iteration, evaluate_model(spec, store, model, StageKey(EVAL, iteration).prefix))
 
 
 def run_baseline(spec: DistillationSpec, store: Store, iteration: int | None = None) -> dict:
@@ -78,4 +87,4 @@ def run_teacher_eval(spec: DistillationSpec, store: Store, iteration: int | None
     prefix = StageKey(TEACHER_EVAL).prefix
     scored = {name: verify_rows(raw_solutions(spec, records), f"{prefix} verify {name}", spec.verification)
               for name, records in eval_sets(spec).items()}
-    return _publish_sets(store, prefix, scored)
+    return publish_sets(store, output_prefix(prefix), scored)

@@ -12,7 +12,9 @@ runs in rounds of one sample per question still open:
 
 The total never exceeds k × questions. Writes `iter-NNN/sample/correct.jsonl.gz` and
 `iter-NNN/sample/all.jsonl.gz`; the manifest records k, m, temperature and top-p. Under
-the `teacher` mixing policy (a baseline) nothing is sampled.
+the `teacher` mixing policy (a baseline) nothing is sampled. A sharded stage
+(`sampling.shards`) samples each part's questions apart (stages/shards.py); the
+adaptive budget's savings then stay within a part.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from siked_runtime.spec import DistillationSpec, IterationsSpec
 from siked_runtime.stages.common import local_model, log
 from siked_runtime.stages.data import train_questions
 from siked_runtime.stages.generation import StudentGenerator
+from siked_runtime.stages.shards import output_prefix
 from siked_runtime.stages.verification import verify_rows
 from siked_runtime.storage import Store
 
@@ -118,25 +121,35 @@ def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
             log(f"sample[{iteration}]: round {rounds}, {solved}/{len(records)} questions solved, budget left {budget}")
         tokens = gen.tokens if gen is not None else 0
     kept = [row for q in records for row in correct[q]]
-    prefix = StageKey(SAMPLE, iteration).prefix
+    prefix = output_prefix(StageKey(SAMPLE, iteration).prefix)
     store.write_jsonl(f"{prefix}/all.jsonl.gz", all_rows)
     store.write_jsonl(f"{prefix}/correct.jsonl.gz", kept)
+    manifest = sample_manifest(spec, store, iteration, questions=len(records), all_rows=all_rows, kept=kept,
+                               tokens=tokens, rounds=rounds, prefix=prefix)
+    return manifest | {"seconds": round(time.perf_counter() - start, 3)}
+
+
+def sample_manifest(spec: DistillationSpec, store: Store, iteration: int, *, questions: int, all_rows: list[dict],
+                    kept: list[dict], tokens: int, rounds: int, prefix: str | None = None) -> dict:
+    """The stage's numbers from its rows: what a sharded stage's merge (stages/shards.py) computes again."""
+    it = spec.iterations
+    k, m = it.samples_per_question, it.max_correct_per_question
+    prefix = prefix or StageKey(SAMPLE, iteration).prefix
     n_correct = sum(r["verdict"] == "correct" for r in all_rows)
     return {
         "iteration": iteration,
         "k": k, "m": m, "temperature": it.temperature, "top_p": spec.sampling.top_p,
         "adaptive_budget": it.adaptive_budget, "give_up_after": (it.give_up_after or k) if it.adaptive_budget else None,
-        "questions": len(records),
+        "questions": questions,
         "samples": len(all_rows),
         "correct_samples": n_correct,
         "untagged_correct": sum(r["verdict"] == "correct" and not r.get("strategy") for r in all_rows),
         "rows": len(kept),
-        "questions_solved": sum(1 for q in records if correct[q]),
+        "questions_solved": len({r["id"] for r in kept}),
         "sample_accuracy": n_correct / len(all_rows) if all_rows else None,
         "strategy_shares": strategy_shares(all_rows),
         "generated_tokens": tokens,
         "tokens_per_correct": tokens / len(kept) if kept else None,
         "rounds": rounds,
         "solutions": store.url(f"{prefix}/correct.jsonl.gz"),
-        "seconds": round(time.perf_counter() - start, 3),
     }
