@@ -2,7 +2,7 @@
 
     siked run RUN.yaml [--dir DIR] [--limit N]   run a DistillationRun on this machine
     siked experiment EXP.yaml [--budget B] [--dir DIR] [--pilot]  a grid of runs at equal compute, compared
-    siked stage STAGE --run-uri URI [--iteration N]  run one stage of a stored run (a stage Job's command)
+    siked stage STAGE --run-uri URI [--iteration N] [--part I]  one stage (or part) of a stored run (a Job's command)
     siked report DIR                             re-render report.json/.md and plots
     siked validate RUN.yaml                      check a manifest, print the resolved spec
     siked schema                                 the spec's openAPIV3Schema (JSON)
@@ -125,7 +125,7 @@ def cmd_stage(args) -> int:
     from siked_jobs.stage import run_stage_command
 
     credentials.seal()  # the teacher's key too, once the stage has read the spec
-    return run_stage_command(args.stage, args.run_uri, args.iteration)
+    return run_stage_command(args.stage, args.run_uri, args.iteration, args.part)
 
 
 def cmd_report(args) -> int:
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", help="teacher, baseline, teacher-eval, reference, sample, train, eval or export")
     p.add_argument("--run-uri", required=True, help="the run's prefix: s3://bucket/prefix or file:///path")
     p.add_argument("--iteration", type=int, help="iteration of sample, train and eval")
+    p.add_argument("--part", type=int, help="only this part of a sharded stage (default: the pod's "
+                   "JOB_COMPLETION_INDEX when the stage is sharded)")
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("report", help="re-render a run's report from its stage manifests")

@@ -53,6 +53,27 @@ def test_a_stage_runs_publishes_and_summarizes(tmp_path):
     assert read_manifest(open_store(uri), "teacher")["published_at"] == manifest["published_at"]
 
 
+def test_a_pod_of_an_indexed_job_runs_its_part_and_the_last_part_publishes_the_stage(tmp_path):
+    uri = (tmp_path / "run").as_uri()
+    store_run(uri, teacher={"kind": "oracle", "shards": 2})
+    code, summary, _ = stage("teacher", "--run-uri", uri, env={"JOB_COMPLETION_INDEX": "1"}, tmp=tmp_path)
+    assert code == 0 and summary["part"] == 1
+    assert summary["manifest"] == f"{uri}/teacher/parts/1/manifest.json"
+    assert read_manifest(open_store(uri), "teacher") is None  # part 0 is not done yet
+    code, summary, _ = stage("teacher", "--run-uri", uri, "--part", "0", tmp=tmp_path)
+    assert code == 0 and summary["manifest"] == f"{uri}/teacher/manifest.json"
+    assert summary["metrics"]["parts"] == 2 and summary["metrics"]["questions"] == 8
+    code, summary, _ = stage("teacher", "--run-uri", uri, "--part", "7", tmp=tmp_path)
+    assert code == 0 and summary["already_done"]  # a finished stage: any part of it is a no-op
+
+
+def test_a_part_out_of_range_is_permanent(tmp_path):
+    uri = (tmp_path / "run").as_uri()
+    store_run(uri, teacher={"kind": "oracle", "shards": 2})
+    code, summary, _ = stage("teacher", "--run-uri", uri, "--part", "2", tmp=tmp_path)
+    assert code == EXIT_PERMANENT and "part must be in 0…1" in summary["error"]
+
+
 def test_a_stage_whose_inputs_are_not_done_is_a_permanent_failure(tmp_path):
     uri = (tmp_path / "run").as_uri()
     store_run(uri)

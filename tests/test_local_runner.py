@@ -107,3 +107,47 @@ def test_limit_caps_every_set_including_the_carved_validation_split():
     sets = eval_sets(spec)
     assert [len(v) for v in sets.values()] == [30, 30, 30] and VALIDATION in sets
     assert 25 <= len(train_questions(spec)) <= 30  # less any question an eval set also holds
+
+
+def _ready_for_sample(run_dir: Path, shards: int):
+    """A stored smoke run whose iteration 0 is done (the built-in student stands in for its model)."""
+    import shutil
+
+    from siked_runtime.local_runner import stored_run
+    from siked_runtime.models import resolve_model
+    from siked_runtime.storage import publish
+
+    run = load_manifest(SMOKE)
+    sampling = run.spec.sampling.model_copy(update={"shards": shards})
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={"sampling": sampling})})
+    store = open_store(str(run_dir))
+    stored_run(store, run)
+    for prefix, manifest in (("teacher", {"rows": 1}), ("baseline", {"accuracy": {"validation": 0.0}}),
+                             ("iter-000/train", {"rows": 1}), ("iter-000/eval", {"accuracy": {"validation": 0.0}})):
+        publish(store, prefix, manifest)
+    shutil.copytree(resolve_model("builtin:tiny-random"), run_dir / "iter-000" / "train" / "model")
+    return run.spec, store
+
+
+def test_sharded_stage_runs_its_parts_as_processes_and_redoes_only_failed_ones(tmp_path, capsys):
+    import shutil
+
+    from siked_runtime.graph import StageKey
+    from siked_runtime.local_runner import PartsFailed, run_parts
+    from siked_runtime.stages import run_stage
+    from siked_runtime.storage import read_manifest
+
+    spec, store = _ready_for_sample(tmp_path, shards=3)
+    key = StageKey("sample", 1)
+    first = run_stage(spec, store, key, part=0)  # done before: never run again
+    model = tmp_path / "iter-000" / "train" / "model"
+    shutil.move(model, tmp_path / "moved")
+    with pytest.raises(PartsFailed, match=r"2 of 3 parts failed(.|\n)*part 1 exited with 75(.|\n)*train/model"):
+        run_parts(spec, store, key)
+    assert read_manifest(store, key.prefix) is None
+    shutil.move(tmp_path / "moved", model)
+    manifest = run_parts(spec, store, key)
+    assert manifest["parts"] == 3 and manifest["questions"] == 8 and manifest["samples"] == 16
+    assert read_manifest(store, "iter-001/sample/parts/0")["published_at"] == first["published_at"]
+    err = capsys.readouterr().err
+    assert "3 parts, 1 done before; running 2" in err and "part 2 done" in err and "(3/3 parts done)" in err

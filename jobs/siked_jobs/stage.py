@@ -2,6 +2,7 @@
 
     siked stage teacher --run-uri s3://bucket/runs/team-a/gsm8k
     siked stage train   --run-uri s3://bucket/runs/team-a/gsm8k --iteration 1
+    siked stage sample  --run-uri s3://bucket/runs/team-a/gsm8k --iteration 2 --part 3
     python -m siked_jobs.stage eval --run-uri file:///data/runs/demo --iteration 0
 
 It reads the resolved spec from `<run-uri>/spec.yaml` (the operator writes it
@@ -11,6 +12,10 @@ stage's manifest last) and leaves a summary: one JSON line on stdout and, when
 `SIKED_TERMINATION_LOG` names a file (the Job sets it to the container's
 terminationMessagePath), the same JSON there, where the operator and
 `kubectl describe pod` find it without downloading any artifact.
+
+A sharded stage (`shards: N`) runs one part per command: `--part I`, or in a pod of
+an Indexed Job the pod's JOB_COMPLETION_INDEX. The part that finishes last publishes
+the stage's manifest (siked_runtime.stages.shards).
 
 A stage that is already done is a no-op that exits 0, so a retried or duplicated
 Job never redoes work. Exit codes (see `siked_jobs`): 0 done, 2 permanent
@@ -135,8 +140,28 @@ def load_spec(store):
     return validate_spec(document["spec"])
 
 
-def run(stage: str, run_uri: str, iteration: int | None) -> dict[str, Any]:
-    """Run the stage unless it is done; returns the summary of its manifest."""
+def completion_index() -> int | None:
+    """The pod's index in an Indexed Job (the Job controller sets JOB_COMPLETION_INDEX), None elsewhere."""
+    value = os.environ.get("JOB_COMPLETION_INDEX")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ValueError(f"JOB_COMPLETION_INDEX must be a whole number, got {value!r}")
+    return int(value)
+
+
+def which_part(spec, stage: str, part: int | None) -> int | None:
+    """The part to run: `--part`, else the completion index when the stage is sharded (a multi-node train
+    stage's pods have an index too, and run the whole stage)."""
+    from siked_runtime.stages.shards import shard_count
+
+    if part is None and shard_count(spec, stage) > 1:
+        return completion_index()
+    return part
+
+
+def run(stage: str, run_uri: str, iteration: int | None, part: int | None = None) -> dict[str, Any]:
+    """Run the stage (or one part of it) unless it is done; returns the summary of its manifest."""
     from siked_runtime import credentials
     from siked_runtime.graph import StageKey, plan
     from siked_runtime.stages import run_stage
@@ -153,28 +178,33 @@ def run(stage: str, run_uri: str, iteration: int | None) -> dict[str, Any]:
         if key not in runnable:
             waiting = ", ".join(str(k) for k in runnable) or "nothing"
             raise NotRunnable(f"{key} cannot run yet: its inputs are not done (runnable now: {waiting})")
-        manifest = run_stage(spec, store, key)
+        part = which_part(spec, stage, part)
+        manifest = run_stage(spec, store, key, part=part)
+    merged = already or "part" not in manifest
+    prefix = key.prefix if merged else f"{key.prefix}/parts/{manifest['part']}"
     return {
         "stage": stage,
         "iteration": iteration,
+        **({"part": part} if part is not None else {}),
         "status": "succeeded",
         "already_done": already,
-        "manifest": store.url(f"{key.prefix}/manifest.json"),
+        "manifest": store.url(f"{prefix}/manifest.json"),
         "metrics": summarize(manifest),
     }
 
 
-def run_stage_command(stage: str, run_uri: str, iteration: int | None) -> int:
+def run_stage_command(stage: str, run_uri: str, iteration: int | None, part: int | None = None) -> int:
     """`siked stage …`: run, leave the summary, and exit with a code that says whether to retry."""
     start = time.perf_counter()
     try:
-        summary = run(stage, run_uri, iteration)
+        summary = run(stage, run_uri, iteration, part)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a summary and an exit code
         traceback.print_exc()
         code = exit_code_for(exc)
         leave_summary({
             "stage": stage,
             "iteration": iteration,
+            **({"part": part} if part is not None else {}),
             "status": "failed",
             "retryable": code != EXIT_PERMANENT,
             "exit_code": code,
@@ -197,11 +227,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stage", help="teacher, baseline, teacher-eval, reference, sample, train, eval or export")
     parser.add_argument("--run-uri", required=True, help="the run's prefix: s3://bucket/prefix or file:///path")
     parser.add_argument("--iteration", type=int, help="iteration of sample, train and eval")
+    parser.add_argument("--part", type=int, help="run only this part of a sharded stage (default: the pod's "
+                        "JOB_COMPLETION_INDEX when the stage is sharded)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_stage_command(args.stage, args.run_uri, args.iteration)
+    return run_stage_command(args.stage, args.run_uri, args.iteration, args.part)
 
 
 if __name__ == "__main__":
