@@ -349,3 +349,87 @@ def test_job_state_suspended_and_deleting():
 @pytest.mark.parametrize("labels", [{STAGE_LABEL: "bogus"}, {ITERATION_LABEL: "x"}, {STAGE_LABEL: "teacher"}])
 def test_foreign_jobs_are_ignored(labels):
     assert JobState.from_body(job_body(labels=labels)) is None
+
+
+# --- scale-out: sharded stages, torchrun, nodes -----------------------------------------------------
+
+
+def test_a_sharded_stage_is_an_indexed_job_that_retries_each_part_alone():
+    s = spec(sampling={"shards": 4}, backoffLimit=2)
+    job = build_stage_job(RUN, StageKey("sample", 1), s, CONFIG, run_uri=URI)
+    js = job["spec"]
+    assert (js["completionMode"], js["completions"], js["parallelism"], js["backoffLimitPerIndex"]) == \
+        ("Indexed", 4, 4, 2)
+    assert "backoffLimit" not in js  # the limit is per part
+    actions = {r["action"]: r for r in js["podFailurePolicy"]["rules"]}
+    assert actions["FailIndex"]["onExitCodes"]["values"] == [2] and "FailJob" not in actions
+    assert actions["Ignore"]["onPodConditions"][0]["type"] == "DisruptionTarget"
+    # The part comes from the pod's JOB_COMPLETION_INDEX: the command is the plain stage command.
+    assert container(job)["args"] == ["sample", "--run-uri", URI, "--iteration", "1"]
+    assert "completionMode" not in build_stage_job(RUN, StageKey("train", 1), s, CONFIG, run_uri=URI)["spec"]
+
+
+def test_an_indexed_jobs_name_leaves_room_for_its_pods_index():
+    long_run = {**RUN, "metadata": {**RUN["metadata"], "name": "r" * 60}}
+    job = build_stage_job(long_run, StageKey("eval", 3), spec(evaluation={"shards": 12}), CONFIG, run_uri=URI)
+    assert len(job["metadata"]["name"]) + len("-11") <= 63
+
+
+def test_a_multi_gpu_train_stage_runs_torchrun_with_a_process_per_gpu():
+    s = spec(training={"distributed": {"strategy": "ddp"}}, resources={"train": {"gpus": 4}})
+    job = build_stage_job(RUN, StageKey("train", 1), s, CONFIG, run_uri=URI)
+    c = container(job)
+    argv = c["command"] + c["args"]
+    assert argv[0] == "torchrun" and "completionMode" not in job["spec"]
+    assert argv[argv.index("--nproc-per-node") + 1] == "4" and argv[argv.index("--nnodes") + 1] == "1"
+    assert argv[argv.index("--node-rank") + 1] == "0" and argv[argv.index("--master-addr") + 1] == "127.0.0.1"
+    assert argv[argv.index("--no-python") + 1:] == ["siked", "stage", "train", "--run-uri", URI, "--iteration", "1"]
+    assert "subdomain" not in job["spec"]["template"]["spec"]
+    # One GPU, or no distribution: the plain stage command.
+    plain = build_stage_job(RUN, StageKey("train", 1), spec(resources={"train": {"gpus": 4}}), CONFIG, run_uri=URI)
+    assert container(plain)["command"] == ["siked", "stage"]
+
+
+def test_a_multi_node_train_stage_is_an_indexed_job_with_a_headless_service():
+    from siked_operator.jobs import build_stage_service
+
+    s = spec(training={"distributed": {"strategy": "fsdp", "nodes": 3, "port": 29600}}, resources={"train": {"gpus": 8}})
+    key = StageKey("train", 2)
+    job = build_stage_job(RUN, key, s, CONFIG, run_uri=URI, attempt=1)
+    js, pod = job["spec"], job["spec"]["template"]["spec"]
+    name = job["metadata"]["name"]
+    assert name == "gsm8k-it2-train-r1"
+    assert (js["completionMode"], js["completions"], js["parallelism"], js["backoffLimit"]) == ("Indexed", 3, 3, 0)
+    assert "backoffLimitPerIndex" not in js
+    # One failed node fails the Job: training cannot go on without it. Disruptions are still ignored.
+    rules = js["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "NotIn", "values": [0]}} in rules
+    assert rules[0]["action"] == "Ignore"
+    service = build_stage_service(RUN, key, s, CONFIG, attempt=1)
+    assert service["metadata"]["name"] == pod["subdomain"] == name
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": name}
+    assert service["metadata"]["ownerReferences"][0]["uid"] == RUN["metadata"]["uid"]
+    argv = container(job)["command"] + container(job)["args"]
+    assert argv[argv.index("--nnodes") + 1] == "3" and argv[argv.index("--nproc-per-node") + 1] == "8"
+    assert argv[argv.index("--master-addr") + 1] == f"{name}-0.{name}"
+    assert argv[argv.index("--master-port") + 1] == "29600"
+    assert argv[argv.index("--node-rank") + 1] == "$(SIKED_NODE_RANK)"
+    assert env(job)["SIKED_NODE_RANK"] == {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert psa_restricted_violations(pod) == []
+    assert build_stage_service(RUN, StageKey("eval", 2), s, CONFIG) is None
+
+
+def test_indexed_job_states_count_parts_and_fail_only_on_the_condition():
+    job = build_stage_job(RUN, StageKey("sample", 1), spec(sampling={"shards": 3}), CONFIG, run_uri=URI)
+    running = {**job, "status": {"active": 2, "ready": 2, "failed": 1, "succeeded": 1, "completedIndexes": "1",
+                                 "failedIndexes": ""}}
+    state = JobState.from_body(running)
+    assert state.active and not state.failed and not state.succeeded and state.parts_done == 1
+    done = {**job, "status": {"succeeded": 3, "failed": 1, "completedIndexes": "0-2"}}
+    assert JobState.from_body(done).succeeded and JobState.from_body(done).parts_done == 3
+    failed = {**job, "status": {"succeeded": 2, "failed": 4, "completedIndexes": "0,2", "failedIndexes": "1",
+                                "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]}}
+    state = JobState.from_body(failed)
+    assert state.failed and state.failed_indexes == "1" and state.per_index and state.reason == "FailedIndexes"

@@ -389,3 +389,22 @@ def test_a_kueue_suspension_is_no_failure():
                       T0, CONFIG)
     assert condition(requeued.status, "Progressing")["reason"] == "JobQueued"
     assert "failedJobs" not in stage(requeued.status, "train[0]") and requeued.phase == Phase.RUNNING
+
+
+# --- sharded stages -------------------------------------------------------------------------------
+
+
+def test_a_sharded_stage_shows_its_parts_and_fails_the_run_once_a_part_used_up_its_retries():
+    import dataclasses
+
+    s = spec(sampling={"shards": 3}, evaluation={"baseline": False})
+    before = done(TEACHER, TRAIN0, EVAL0)
+    running = dataclasses.replace(job(SAMPLE1), completions=3, completed_indexes="0,2", per_index=True)
+    d = decide(RUN, s, before, [running], {}, T0, CONFIG)
+    assert d.create == [] and condition(d.status, "Progressing")["message"] == "running sample[1] (2/3 parts done)"
+    failed = dataclasses.replace(job(SAMPLE1, "failed"), completions=3, completed_indexes="0,2", failed_indexes="1",
+                                 per_index=True, reason="FailedIndexes")
+    d = decide(RUN, s, before, [failed], {}, T0, CONFIG, {failed.name: Failure(75, "ConnectionError: reset")})
+    assert d.create == [] and d.phase == Phase.FAILED  # the Job retried part 1 backoffLimit times already
+    rec = stage(d.status, "sample[1]")["lastFailure"]
+    assert rec["permanent"] is True and rec["message"] == "failed parts 1 of 3: ConnectionError: reset"

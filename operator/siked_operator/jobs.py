@@ -7,6 +7,15 @@ Pure functions, tested without a cluster:
 
 Names are deterministic (`<run>-it<N>-<stage>`, `-r<k>` for retry k), so creating
 a Job is "create if absent" and a restarted operator can never start a stage twice.
+
+Scale-out, as the Job controller and JobSet do it:
+  * a sharded stage (`shards: N`) is an Indexed Job with one pod per part; the Job
+    retries each part alone (`backoffLimitPerIndex`), and the pod's completion index
+    is its part (JOB_COMPLETION_INDEX, read by `siked stage`);
+  * a train stage on several processes runs torchrun in its pod
+    (`siked_runtime.distributed.torchrun_argv`); on several nodes it is an Indexed Job
+    with a pod per node, a headless Service (`build_stage_service`) that gives pod 0 a
+    name to rendezvous at, and a node rank from the completion index.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ import kopf
 from siked_jobs import EXIT_PERMANENT, EXIT_RETRYABLE
 
 from siked_operator.config import Config
+from siked_runtime.distributed import LOCALHOST, needs_launcher, torchrun_argv, world
 from siked_runtime.graph import BASELINE, EVAL, EXPORT, REFERENCE, TEACHER, TEACHER_EVAL, TRAIN, StageKey
 from siked_runtime.spec import API_VERSION, KIND, DistillationSpec, PodOverrides, ResourceSpec
+from siked_runtime.stages.shards import shard_count
 
 RUN_LABEL = "siked.io/run"
 STAGE_LABEL = "siked.io/stage"
@@ -31,6 +42,10 @@ ATTEMPT_LABEL = "siked.io/attempt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RUN_ANNOTATION = "siked.io/run-name"  # the full run name; the label may be shortened
 RUN_URI_ANNOTATION = "siked.io/run-uri"
+
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # the annotation the Job controller sets
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"                  # the label it puts on a Job's pods
+NODE_RANK = "SIKED_NODE_RANK"
 
 CONTAINER = "stage"
 TERMINATION_LOG = "/dev/termination-log"
@@ -55,6 +70,20 @@ POD_FAILURE_POLICY = {"rules": [
     {"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_RETRYABLE]}},
 ]}
 
+# A part of a sharded stage: a permanent failure fails that part alone (the others go on, and each part is
+# retried backoffLimitPerIndex times by the Job controller); disruptions are replaced as above.
+PER_INDEX_FAILURE_POLICY = {"rules": [
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    {"action": "FailIndex", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PERMANENT]}},
+    {"action": "Count", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_RETRYABLE]}},
+]}
+# A node of a multi-node train stage: training cannot go on without any of its nodes, so one failed pod fails
+# the whole Job (the operator retries the stage with a new Job, as for any stage).
+NODE_FAILURE_POLICY = {"rules": [
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}},
+]}
+
 # Stages without their own entry in spec.resources use the closest one.
 _RESOURCES_OF = {BASELINE: EVAL, TEACHER_EVAL: TEACHER, REFERENCE: TRAIN, EXPORT: "default"}
 
@@ -75,12 +104,33 @@ def run_label(run_name: str) -> str:
     return _shorten(run_name, NAME_LIMIT)
 
 
-def job_name(run_name: str, key: StageKey, attempt: int = 0) -> str:
-    """`<run>-it<N>-<stage>` (`<run>-<stage>` outside iterations), `-r<k>` for retry k, within 63 characters."""
+def job_name(run_name: str, key: StageKey, attempt: int = 0, indexes: int = 1) -> str:
+    """`<run>-it<N>-<stage>` (`<run>-<stage>` outside iterations), `-r<k>` for retry k, within 63 characters.
+
+    An Indexed Job's pods are named (as hosts) `<job>-<index>`: `indexes` leaves room for that.
+    """
     suffix = f"-{key.stage}" if key.iteration is None else f"-it{key.iteration}-{key.stage}"
     if attempt:
         suffix += f"-r{attempt}"
-    return _shorten(run_name, NAME_LIMIT - len(suffix)) + suffix
+    room = NAME_LIMIT - len(suffix) - (len(f"-{indexes - 1}") if indexes > 1 else 0)
+    return _shorten(run_name, room) + suffix
+
+
+def service_name(job: str) -> str:
+    """The headless Service of a multi-node Job: the Job's name (a Service's must start with a letter)."""
+    return job if job[0].isalpha() else _shorten(f"s{job}", NAME_LIMIT)
+
+
+def train_world(spec: DistillationSpec, key: StageKey, config: Config) -> tuple[int, int]:
+    """(nodes, processes per node) of a train stage; (1, 1) for every other stage."""
+    if key.stage != TRAIN:
+        return 1, 1
+    return world(spec, stage_resources(spec, TRAIN, config.default_resources).gpus)
+
+
+def indexes(spec: DistillationSpec, key: StageKey, config: Config) -> int:
+    """Pods of the stage's Job that run at once, one per completion index: its parts, or its nodes."""
+    return max(shard_count(spec, key.stage), train_world(spec, key, config)[0])
 
 
 def stage_resources(spec: DistillationSpec, stage: str, defaults: ResourceSpec) -> ResourceSpec:
@@ -150,19 +200,45 @@ def _volumes(res: ResourceSpec, extra: PodOverrides) -> tuple[list[dict[str, Any
     return volumes + list(extra.volumes or []), mounts + list(extra.volume_mounts or [])
 
 
-def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: str, run_uri: str) -> dict[str, Any]:
+def _command(spec: DistillationSpec, key: StageKey, config: Config, job: str, run_uri: str) -> list[str]:
+    """What the stage container runs: `siked stage …`, under torchrun for a train stage on several processes.
+
+    On several nodes, each pod's node rank is its completion index and the rendezvous is at pod 0, by
+    its name under the Job's headless Service.
+    """
+    stage_argv = [*config.stage_command, key.stage, "--run-uri", run_uri]
+    if key.iteration is not None:
+        stage_argv += ["--iteration", str(key.iteration)]
+    gpus = stage_resources(spec, key.stage, config.default_resources).gpus
+    if key.stage != TRAIN or not needs_launcher(spec, gpus):
+        return stage_argv
+    if train_world(spec, key, config)[0] == 1:
+        return torchrun_argv(spec, gpus, node_rank="0", master_addr=LOCALHOST, stage_argv=stage_argv)
+    return torchrun_argv(spec, gpus, node_rank=f"$({NODE_RANK})", master_addr=f"{job}-0.{service_name(job)}",
+                         stage_argv=stage_argv)
+
+
+def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: str, run_uri: str,
+              job: str) -> dict[str, Any]:
     res = stage_resources(spec, key.stage, config.default_resources)
     extra = pod_overrides(spec, key.stage)
-    args = [key.stage, "--run-uri", run_uri]
-    if key.iteration is not None:
-        args += ["--iteration", str(key.iteration)]
+    argv = _command(spec, key, config, job, run_uri)
+    stage_command = list(config.stage_command)
+    command, args = (stage_command, argv[len(stage_command):]) if argv[:len(stage_command)] == stage_command \
+        else (argv[:1], argv[1:])
+    env = _env(spec, key, config, run_name)
+    nodes = train_world(spec, key, config)[0]
+    if nodes > 1:
+        # Kubernetes expands $(SIKED_NODE_RANK) in the command from this variable.
+        env.append({"name": NODE_RANK, "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}})
     volumes, mounts = _volumes(res, extra)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or config.default_image,
-        "command": list(config.stage_command),
+        "command": command,
         "args": args,
-        "env": _env(spec, key, config, run_name) + list(extra.env or []),
+        "env": env + list(extra.env or []),
         "resources": _container_resources(res),
         "terminationMessagePath": TERMINATION_LOG,
         # The stage writes a JSON summary there; a crash before that leaves the log's tail instead.
@@ -197,6 +273,8 @@ def _pod_spec(spec: DistillationSpec, key: StageKey, config: Config, run_name: s
         pod["affinity"] = dict(extra.affinity)
     if extra.runtime_class_name:
         pod["runtimeClassName"] = extra.runtime_class_name
+    if nodes > 1:
+        pod["subdomain"] = service_name(job)  # pod i is <job>-i.<service>: torchrun's rendezvous finds pod 0
     return pod
 
 
@@ -228,18 +306,21 @@ def build_stage_job(
         labels[QUEUE_LABEL] = queue
     annotations = {RUN_ANNOTATION: run_name, RUN_URI_ANNOTATION: run_uri}
     extra = pod_overrides(spec, key.stage)
+    name = job_name(run_name, key, attempt, indexes(spec, key, config))
     job_spec: dict[str, Any] = {
         # Retries of real failures are the operator's: it counts attempts across Jobs, backs off, and reads
         # exit codes. Disruptions are the Job controller's to absorb (podFailurePolicy).
         "backoffLimit": 0,
         "podFailurePolicy": POD_FAILURE_POLICY,
+        **_indexed(spec, key, config),
         "template": {
             "metadata": {"labels": {**(extra.labels or {}),
                                     **{k: v for k, v in labels.items() if k != QUEUE_LABEL}},
                          "annotations": {**(extra.annotations or {}), **annotations}},
-            "spec": _pod_spec(spec, key, config, run_name, run_uri),
+            "spec": _pod_spec(spec, key, config, run_name, run_uri, name),
         },
     }
+    job_spec = {k: v for k, v in job_spec.items() if v is not None}
     if queue:
         # Created suspended, as Kueue's own integrations do: Kueue unsuspends the Job when it admits it.
         job_spec["suspend"] = True
@@ -250,7 +331,7 @@ def build_stage_job(
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": job_name(run_name, key, attempt),
+            "name": name,
             "namespace": meta.get("namespace"),
             "labels": labels,
             "annotations": annotations,
@@ -264,6 +345,51 @@ def build_stage_job(
     for ref in job["metadata"]["ownerReferences"]:
         ref.pop("blockOwnerDeletion", None)
     return job
+
+
+def _indexed(spec: DistillationSpec, key: StageKey, config: Config) -> dict[str, Any]:
+    """The Job fields of a sharded stage (a pod per part) or a multi-node train stage (a pod per node)."""
+    parts, nodes = shard_count(spec, key.stage), train_world(spec, key, config)[0]
+    if parts > 1:
+        # Each part is retried alone; the Job fails once a part used up its retries (the operator then fails
+        # the stage: its retries are spent) or exited with the permanent code.
+        return {"completionMode": "Indexed", "completions": parts, "parallelism": parts,
+                # No Job-wide limit (the API server then sets it to the largest value): the limit is per part.
+                "backoffLimit": None, "backoffLimitPerIndex": spec.backoff_limit,
+                "podFailurePolicy": PER_INDEX_FAILURE_POLICY}
+    if nodes > 1:
+        return {"completionMode": "Indexed", "completions": nodes, "parallelism": nodes,
+                "podFailurePolicy": NODE_FAILURE_POLICY}
+    return {}
+
+
+def build_stage_service(run: Mapping[str, Any], key: StageKey, spec: DistillationSpec, config: Config, *,
+                        attempt: int = 0) -> dict[str, Any] | None:
+    """The headless Service of a multi-node train Job (None for any other stage).
+
+    It gives each of the Job's pods a DNS name, `<job>-<index>.<service>`, before the pods are ready
+    (torchrun's rendezvous happens before anything is ready). Owned by the run, so it goes with it.
+    """
+    if train_world(spec, key, config)[0] == 1:
+        return None
+    meta = run["metadata"]
+    job = job_name(meta["name"], key, attempt, indexes(spec, key, config))
+    labels = {"app.kubernetes.io/name": "siked", "app.kubernetes.io/component": "stage",
+              "app.kubernetes.io/managed-by": "siked-operator", RUN_LABEL: run_label(meta["name"]),
+              STAGE_LABEL: key.stage, ATTEMPT_LABEL: str(attempt)}
+    if key.iteration is not None:
+        labels[ITERATION_LABEL] = str(key.iteration)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(job), "namespace": meta.get("namespace"), "labels": labels,
+                     "annotations": {RUN_ANNOTATION: meta["name"]}},
+        "spec": {"clusterIP": "None", "selector": {JOB_NAME_LABEL: job}, "publishNotReadyAddresses": True},
+    }
+    kopf.adopt(service, owner=_owner(run))
+    for ref in service["metadata"]["ownerReferences"]:
+        ref.pop("blockOwnerDeletion", None)
+    return service
 
 
 def _owner(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -306,6 +432,15 @@ class JobState:
     suspended: bool = False        # spec.suspend: Kueue has not admitted it (or preempted it)
     start_time: datetime | None = None  # when the Job controller started it (again, after a suspension)
     owner_uid: str | None = None   # of its controlling owner: a run with the same name but another uid is not it
+    completions: int = 1           # pods that must succeed: an Indexed Job's parts or nodes
+    completed_indexes: str = ""    # of an Indexed Job, as its status says them: "0,2-3"
+    failed_indexes: str = ""
+    per_index: bool = False        # backoffLimitPerIndex: the Job itself retried each part
+
+    @property
+    def parts_done(self) -> int:
+        """How many of an Indexed Job's indexes succeeded."""
+        return count_indexes(self.completed_indexes)
 
     @property
     def finished(self) -> bool:
@@ -343,8 +478,12 @@ class JobState:
         status = body.get("status") or {}
         spec = body.get("spec") or {}
         true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-        succeeded = "Complete" in true or (status.get("succeeded") or 0) > 0
-        failed = not succeeded and ("Failed" in true or (status.get("failed") or 0) > (spec.get("backoffLimit") or 0))
+        completions = spec.get("completions") or 1
+        per_index = spec.get("backoffLimitPerIndex") is not None
+        succeeded = "Complete" in true or (status.get("succeeded") or 0) >= completions
+        # With per-part retries a failed pod is one try of its part; only the Job's condition says it failed.
+        failed = not succeeded and ("Failed" in true or (
+            not per_index and (status.get("failed") or 0) > (spec.get("backoffLimit") or 0)))
         ended = true.get("Complete") or true.get("Failed") or {}
         finished_at = _time(status.get("completionTime")) or _time(ended.get("lastTransitionTime"))
         owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), {})
@@ -364,4 +503,17 @@ class JobState:
             suspended=bool(spec.get("suspend")),
             start_time=_time(status.get("startTime")),
             owner_uid=owner.get("uid"),
+            completions=completions,
+            completed_indexes=status.get("completedIndexes") or "",
+            failed_indexes=status.get("failedIndexes") or "",
+            per_index=per_index,
         )
+
+
+def count_indexes(indexes: str) -> int:
+    """How many indexes a Job status's interval list names: "0,2-4" -> 4."""
+    total = 0
+    for item in filter(None, indexes.split(",")):
+        first, _, last = item.partition("-")
+        total += int(last or first) - int(first) + 1
+    return total

@@ -68,6 +68,17 @@ class Kube:
             raise
         return True
 
+    def create_service(self, namespace: str, service: dict[str, Any]) -> bool:
+        """Create the Service unless one with its name exists; True when this call created it."""
+        try:
+            self.core.create_namespaced_service(namespace, service, _preload_content=False,
+                                                _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
     def job_owner(self, namespace: str, name: str) -> str | None:
         """The uid of the Job's controlling owner: "" when it has none, None when the Job is gone."""
         try:
@@ -134,14 +145,19 @@ class Kube:
         return None
 
     def job_failure(self, namespace: str, job_name: str) -> Failure:
-        """Exit code and termination message of the Job's last pod (empty when the pods are gone)."""
-        for pod in reversed(self._job_pods(namespace, job_name)):
+        """Exit code and termination message of the Job's first failed pod, else of its last pod (empty when
+        the pods are gone). An Indexed Job's other pods may have succeeded, or been stopped by the failure."""
+        ended = []
+        for pod in self._job_pods(namespace, job_name):
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
                 if cs.get("name") == CONTAINER and terminated:
-                    return Failure(exit_code=terminated.get("exitCode"),
-                                   message=_failure_message(terminated))
-        return Failure()
+                    ended.append(terminated)
+        failed = sorted((t for t in ended if t.get("exitCode")), key=lambda t: t.get("finishedAt") or "")
+        terminated = failed[0] if failed else ended[-1] if ended else None
+        if terminated is None:
+            return Failure()
+        return Failure(exit_code=terminated.get("exitCode"), message=_failure_message(terminated))
 
 
 def _failure_message(terminated: dict[str, Any]) -> str | None:

@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from siked_operator import metrics
 from siked_operator.config import Config
-from siked_operator.jobs import JobState, build_stage_job
+from siked_operator.jobs import JobState, build_stage_job, build_stage_service
 from siked_operator.kube import Kube
 from siked_operator.phases import ConditionType, Phase, Reason
 from siked_operator.status import (
@@ -193,7 +193,10 @@ def _create_jobs(run: Mapping[str, Any], decision: Any, spec: DistillationSpec, 
         job = build_stage_job(run, key, spec, config, run_uri=uri, attempt=attempt,
                               deadline_seconds=decision.deadline_seconds)
         job_name = job["metadata"]["name"]
+        service = build_stage_service(run, key, spec, config, attempt=attempt)
         try:
+            if service is not None:  # before the Job: its pods need their names from the first moment
+                kube.create_service(namespace, service)
             created = kube.create_job(namespace, job)
             owner = None if created else kube.job_owner(namespace, job_name)
         except ApiException as exc:

@@ -82,7 +82,7 @@ def planned_stages(spec: DistillationSpec, p: Plan) -> int:
 
 def jobs_digest(generation: Any, jobs: Iterable[JobState]) -> str:
     """Changes whenever the spec or any of the run's Jobs changes state: what makes a pass worth doing."""
-    parts = [str(generation)] + sorted(f"{j.name}={j.phase}" for j in jobs)
+    parts = [str(generation)] + sorted(f"{j.name}={j.phase}:{j.completed_indexes}/{j.failed_indexes}" for j in jobs)
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -304,13 +304,16 @@ def _stage_views(p: Plan, done: Mapping[str, Mapping], jobs: list[JobState], pre
                 failed.append(j.name)
                 info = failures.get(j.name) or Failure()
                 message = info.message or j.message or j.reason or "the stage Job failed"
+                if j.failed_indexes:
+                    message = f"failed parts {j.failed_indexes} of {j.completions}: {message}"
                 last_failure = {
                     "job": j.name,
                     "exitCode": info.exit_code,
                     "reason": info.reason or j.reason,
                     "message": message[:1024],
                     "time": timestamp(j.finished_at or now),
-                    "permanent": info.permanent,
+                    # A sharded stage's Job already retried each part backoffLimit times.
+                    "permanent": info.permanent or j.per_index,
                 }
                 last_failure = {k: v for k, v in last_failure.items() if v is not None}
         views[key] = StageView(key, by_key[key], failed, last_failure, done.get(key.prefix),
@@ -458,12 +461,20 @@ def _past_pending_deadline(spec: DistillationSpec, jobs: list[JobState], waiting
     return out
 
 
+def _running_name(v: StageView) -> str:
+    """A running stage's name, with how many of its parts are done when it is sharded."""
+    job = v.active
+    if job is None or not job.per_index:
+        return stage_name(v.key)
+    return f"{stage_name(v.key)} ({job.parts_done}/{job.completions} parts done)"
+
+
 def _progress(views: Mapping[StageKey, StageView], create: list, backing_off: list,
               waiting: Mapping[str, PodWaiting]) -> tuple[Phase, Reason, str]:
     running = [v for v in views.values() if v.active is not None and v.active.started]
     pending = [v for v in views.values() if v.active is not None and not v.active.started]
     phase = Phase.RUNNING if running or any(v.done for v in views.values()) else Phase.PENDING
-    also = f"; running {', '.join(stage_name(v.key) for v in running)}" if running else ""
+    also = f"; running {', '.join(_running_name(v) for v in running)}" if running else ""
     if backing_off:
         v, at = backing_off[0]
         return (phase, Reason.BACKOFF,
