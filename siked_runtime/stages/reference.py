@@ -6,13 +6,15 @@
 2. Inference cost: the mean prompt tokens per eval question with the ordinary prompt (what a
    SKIntern student reads) and with the teacher's full knowledge and K similar examples in the
    prompt (what a knowledge-augmented student keeps reading at inference).
+
+Started by torchrun, every process trains; rank 0 alone writes, evaluates and measures.
 """
 
 from __future__ import annotations
 
 from siked_runtime.graph import REFERENCE, StageKey
 from siked_runtime.spec import DistillationSpec
-from siked_runtime.stages.common import MODEL_DIR, log, model_output
+from siked_runtime.stages.common import MODEL_DIR, log
 from siked_runtime.stages.data import eval_sets
 from siked_runtime.storage import Store
 
@@ -42,18 +44,21 @@ def inference_prompt_tokens(spec: DistillationSpec, store: Store) -> dict:
 
 
 def run_reference(spec: DistillationSpec, store: Store, iteration: int | None = None) -> dict:
-    from siked_runtime.models import resolve_model
+    from siked_runtime.models import default_device, resolve_model
     from siked_runtime.stages.evaluate import evaluate_model
-    from siked_runtime.stages.train import training_rows
-    from siked_runtime.training import train_sft
+    from siked_runtime.stages.train import stage_model_output, training_rows
+    from siked_runtime.training import check_hardware, is_leader, train_sft
 
+    check_hardware(spec.student, default_device())
     prefix = StageKey(REFERENCE).prefix
     rows, _ = training_rows(spec, store, 0)
     epochs = spec.skintern.epochs_per_stage * spec.skintern.stages
     training = spec.training.model_copy(update={"epochs": epochs, "max_steps": None})
     log(f"{prefix}: standard distillation, {len(rows)} rows × {epochs:g} epochs from {spec.student.model}")
-    with model_output(store, prefix) as out:
+    with stage_model_output(store, prefix) as out:
         summary = train_sft(resolve_model(spec.student.model), rows, out, spec.student, training, seed=spec.seed)
+        if not is_leader():
+            return {"training": {k: v for k, v in summary.items() if k != "loss_history"}}
         manifest = evaluate_model(spec, store, out, prefix)
     tokens = inference_prompt_tokens(spec, store)
     log(f"{prefix}: inference prompt tokens {tokens['question_only']} (question only) vs "
