@@ -396,7 +396,10 @@ class DistributedSpec(Spec):
 class TrainingSpec(Spec):
     epochs: float = Field(2.0, gt=0, le=1000, description="Epochs per iteration.")
     learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
-    batch_size: int = Field(8, ge=1, le=65536, description="Per-device batch size.")
+    batch_size: int = Field(
+        8, ge=1, le=65536, description="Rows per micro-step summed over all training processes: each of W processes "
+        "(training.distributed) takes batchSize / W, so batchSize must be a multiple of W. The global batch, "
+        "batchSize × gradientAccumulation, does not change with the number of processes.")
     gradient_accumulation: int = Field(1, ge=1, le=4096, description="Gradient accumulation steps.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps per iteration; overrides epochs.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of steps for linear warm-up.")
