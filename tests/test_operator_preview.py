@@ -58,3 +58,14 @@ def test_no_storage_is_an_error():
     result = subprocess.run([SIKED, "jobs", str(REPO / "examples" / "smoke.yaml"), "--stage", "nope",
                              "--storage-uri", "s3://r/s"], capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "plans no stage nope" in result.stderr
+
+
+def test_a_multi_node_train_stage_previews_its_service_before_its_job():
+    from siked_runtime.spec import DistributedSpec
+
+    run = load_manifest(Path(__file__).resolve().parents[1] / "examples" / "smoke.yaml")
+    training = run.spec.training.model_copy(update={"distributed": DistributedSpec(strategy="ddp", nodes=2)})
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={"training": training})})
+    objects = preview_jobs(run, Config(storage_uri="s3://runs"), stage="train", iteration=0)
+    assert [o["kind"] for o in objects] == ["Service", "Job"]
+    assert objects[0]["metadata"]["name"] == objects[1]["spec"]["template"]["spec"]["subdomain"]

@@ -4,7 +4,8 @@
 
 The same pure builder as the operator (`siked_operator.jobs.build_stage_job`), for every stage the
 stage graph plans when every iteration runs (no early stop), or for the stages asked for. Users review
-them, or check them against their cluster's admission with `kubectl apply --dry-run=server`.
+them, or check them against their cluster's admission with `kubectl apply --dry-run=server`. A
+multi-node train stage's headless Service comes right before its Job, as the operator creates them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from siked_operator.config import Config
-from siked_operator.jobs import build_stage_job
+from siked_operator.jobs import build_stage_job, build_stage_service
 from siked_runtime.graph import StageKey, plan
 from siked_runtime.spec import API_VERSION, KIND, DistillationRun, EarlyStoppingSpec, SpecError
 
@@ -57,4 +58,9 @@ def preview_jobs(run: DistillationRun, config: Config, *, stage: str | None = No
             and (iteration is None or k.iteration == iteration)]
     if not keys:
         raise ValueError(f"the run plans no stage {stage or ''}{f'[{iteration}]' if iteration is not None else ''}")
-    return [build_stage_job(body, key, run.spec, config, run_uri=uri) for key in keys]
+    out = []
+    for key in keys:
+        service = build_stage_service(body, key, run.spec, config)
+        out += [service] if service is not None else []
+        out.append(build_stage_job(body, key, run.spec, config, run_uri=uri))
+    return out
