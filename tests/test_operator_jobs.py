@@ -433,3 +433,11 @@ def test_indexed_job_states_count_parts_and_fail_only_on_the_condition():
                                 "conditions": [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]}}
     state = JobState.from_body(failed)
     assert state.failed and state.failed_indexes == "1" and state.per_index and state.reason == "FailedIndexes"
+
+
+def test_the_reference_stage_trains_under_torchrun_too():
+    s = spec(method="skintern", internalization={}, training={"distributed": {"strategy": "ddp", "nodes": 2}})
+    job = build_stage_job(RUN, StageKey("reference"), s, CONFIG, run_uri=URI)
+    argv = container(job)["command"] + container(job)["args"]
+    assert argv[0] == "torchrun" and argv[-3:] == ["reference", "--run-uri", URI]
+    assert job["spec"]["completions"] == 2

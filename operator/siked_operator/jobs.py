@@ -121,11 +121,15 @@ def service_name(job: str) -> str:
     return job if job[0].isalpha() else _shorten(f"s{job}", NAME_LIMIT)
 
 
+# Stages that train, with training.distributed: torchrun starts them.
+TRAINING = (TRAIN, REFERENCE)
+
+
 def train_world(spec: DistillationSpec, key: StageKey, config: Config) -> tuple[int, int]:
-    """(nodes, processes per node) of a train stage; (1, 1) for every other stage."""
-    if key.stage != TRAIN:
+    """(nodes, processes per node) of a training stage (train, reference); (1, 1) for every other stage."""
+    if key.stage not in TRAINING:
         return 1, 1
-    return world(spec, stage_resources(spec, TRAIN, config.default_resources).gpus)
+    return world(spec, stage_resources(spec, key.stage, config.default_resources).gpus)
 
 
 def indexes(spec: DistillationSpec, key: StageKey, config: Config) -> int:
@@ -201,7 +205,7 @@ def _volumes(res: ResourceSpec, extra: PodOverrides) -> tuple[list[dict[str, Any
 
 
 def _command(spec: DistillationSpec, key: StageKey, config: Config, job: str, run_uri: str) -> list[str]:
-    """What the stage container runs: `siked stage …`, under torchrun for a train stage on several processes.
+    """What the stage container runs: `siked stage …`, under torchrun for a training stage on several processes.
 
     On several nodes, each pod's node rank is its completion index and the rendezvous is at pod 0, by
     its name under the Job's headless Service.
@@ -210,7 +214,7 @@ def _command(spec: DistillationSpec, key: StageKey, config: Config, job: str, ru
     if key.iteration is not None:
         stage_argv += ["--iteration", str(key.iteration)]
     gpus = stage_resources(spec, key.stage, config.default_resources).gpus
-    if key.stage != TRAIN or not needs_launcher(spec, gpus):
+    if key.stage not in TRAINING or not needs_launcher(spec, gpus):
         return stage_argv
     if train_world(spec, key, config)[0] == 1:
         return torchrun_argv(spec, gpus, node_rank="0", master_addr=LOCALHOST, stage_argv=stage_argv)
