@@ -22,10 +22,12 @@ import asyncio
 import base64
 import contextlib
 import contextvars
+import copy
 import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import string
@@ -413,6 +415,7 @@ class Emulator(kmock.KubernetesEmulator):
 
 
 _JOBS = kmock.resource("batch", "v1", "jobs")
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # what the Job controller marks indexed pods with
 QUEUE = "kueue.x-k8s.io/queue-name"
 
 
@@ -437,6 +440,7 @@ def declare_resources(emulator: Emulator, crd: dict[str, Any]) -> None:
         "v1/pods": ("Pod", "pod", True, {"status", "log"}),
         "v1/events": ("Event", "event", True, set()),
         "v1/secrets": ("Secret", "secret", True, set()),
+        "v1/services": ("Service", "service", True, set()),
         "coordination.k8s.io/v1/leases": ("Lease", "lease", True, set()),
         "v1/namespaces": ("Namespace", "namespace", False, set()),
         "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition",
@@ -660,22 +664,55 @@ class JobRun:
     process: subprocess.Popen | None = None
     changed: threading.Event = field(default_factory=threading.Event)
     gone: threading.Event = field(default_factory=threading.Event)  # deleted, or the node stops
+    failing: threading.Event = field(default_factory=threading.Event)  # the Job failed: its other pods stop
 
     @property
     def suspended(self) -> bool:
         return bool((self.job.get("spec") or {}).get("suspend"))
 
     def wait(self, seconds: float | None) -> None:
-        """Sleep, unless the Job goes or is suspended meanwhile (then Interrupted)."""
+        """Sleep, unless the Job goes, fails or is suspended meanwhile (then Interrupted)."""
         deadline = None if seconds is None else time.monotonic() + seconds
         while True:
-            if self.gone.is_set() or self.suspended:
+            if self.gone.is_set() or self.suspended or self.failing.is_set():
                 raise Interrupted()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
             self.changed.wait(0.5 if left is None else min(left, 0.5))
             self.changed.clear()
+
+
+def index_intervals(indexes: set[int]) -> str:
+    """A Job status's interval list of indexes: {0, 1, 2, 4} -> "0-2,4"."""
+    out, ordered = [], sorted(indexes)
+    while ordered:
+        first = last = ordered.pop(0)
+        while ordered and ordered[0] == last + 1:
+            last = ordered.pop(0)
+        out.append(str(first) if first == last else f"{first}-{last}")
+    return ",".join(out)
+
+
+@dataclass
+class IndexedRun:
+    """The Job controller's book-keeping for one Indexed Job: its pods per index, successes and failures."""
+
+    completions: int
+    per_index_limit: int | None       # backoffLimitPerIndex (None: the Job-wide backoffLimit counts)
+    backoff_limit: int
+    active: set[int] = field(default_factory=set)
+    ready: set[int] = field(default_factory=set)
+    completed: set[int] = field(default_factory=set)
+    failed: set[int] = field(default_factory=set)
+    failures: dict[int, int] = field(default_factory=dict)   # counted failures per index
+    job_failure: tuple[str, str] | None = None               # (reason, message) once the whole Job failed
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def status(self) -> dict[str, Any]:
+        return {"active": len(self.active), "ready": len(self.ready), "succeeded": len(self.completed),
+                "failed": sum(self.failures.values()), "completedIndexes": index_intervals(self.completed),
+                "failedIndexes": index_intervals(self.failed) if self.per_index_limit is not None else None}
 
 
 @dataclass
@@ -696,6 +733,11 @@ class SimulatedKubelet:
       * reports the Pod's terminated state, and applies the Job's podFailurePolicy and backoffLimit as the
         Job controller does: a pod evicted with a DisruptionTarget condition matches `Ignore` and is
         replaced; an exit code under `FailJob` fails the Job at once; others count.
+    Indexed Jobs (completionMode Indexed) get one pod per completion index at once, as the Job
+    controller creates them: the `batch.kubernetes.io/job-completion-index` annotation and label, the
+    JOB_COMPLETION_INDEX variable, the hostname `<job>-<index>`; each index is retried alone under
+    `backoffLimitPerIndex` (FailIndex fails it at once), and the status says completedIndexes and
+    failedIndexes. `simulate_index(job, index, tries)` may simulate one try of one index.
     As Kueue: a suspended Job with a queue label is admitted (unsuspended) after `kueue_admit_seconds`;
     `preempt(namespace, name)` suspends a running one again (its pod is stopped, nothing counted) and
     Kueue admits it again later. A Job deleted or suspended while its pod runs has the pod stopped.
@@ -705,6 +747,7 @@ class SimulatedKubelet:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)   # the "image": PATH and the like
     simulate: Callable[[dict[str, Any]], Simulated | None] = lambda job: None
+    simulate_index: Callable[[dict[str, Any], int, int], Simulated | None] = lambda job, index, tries: None
     watch_timeout: float = 1.0
     node_labels: dict[str, str] = field(default_factory=lambda: {"kubernetes.io/os": "linux"})
     missing_images: set[str] = field(default_factory=set)
@@ -712,6 +755,7 @@ class SimulatedKubelet:
     # The Jobs it plays the cluster for: siked's (other Jobs in the emulator stand for someone else's workload).
     selector: str = "siked.io/run"
     started: list[str] = field(default_factory=list)      # a Job's name for each pod that started running
+    started_indexes: list[tuple[str, int]] = field(default_factory=list)  # (Job, index) of each indexed pod
     refused: list[str] = field(default_factory=list)      # pods the API server refused to create
     finished_at: dict[tuple[str, str], float] = field(default_factory=dict)  # Job -> monotonic time reported
     _runs: dict[tuple[str, str], JobRun] = field(default_factory=dict)
@@ -810,6 +854,8 @@ class SimulatedKubelet:
             self.api.patch(self._job_path(run.job) + "/status", {"status": status})
 
     def _control(self, run: JobRun) -> None:
+        if run.job["spec"].get("completionMode") == "Indexed":
+            return self._control_indexed(run)
         failed = 0
         while not run.gone.is_set() and not self._stop.is_set():
             if run.suspended:
@@ -838,6 +884,89 @@ class SimulatedKubelet:
             if failed > (run.job["spec"].get("backoffLimit") or 0):
                 return self._finish(run, False, "BackoffLimitExceeded", "Job has reached the specified backoff limit",
                                     failed)
+
+    def _control_indexed(self, run: JobRun) -> None:
+        """All indexes at once (parallelism = completions, as siked's Jobs ask), each in a thread of its own."""
+        spec = run.job["spec"]
+        per_index = spec.get("backoffLimitPerIndex")
+        state = IndexedRun(spec.get("completions") or 1, per_index,
+                           spec["backoffLimit"] if spec.get("backoffLimit") is not None else
+                           (2**31 - 1 if per_index is not None else 6))
+        self._job_status(run, {"startTime": _now(), "active": state.completions, "ready": 0})
+        threads = [threading.Thread(target=self._index, args=(run, state, i), name=f"job-{run.job['metadata']['name']}"
+                                    f"-{i}", daemon=True) for i in range(state.completions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if run.gone.is_set() or self._stop.is_set():
+            return
+        with state.lock:
+            status = {**state.status(), "active": 0, "ready": 0}
+        self._job_status(run, status)
+        if state.job_failure is not None:
+            return self._finish(run, False, *state.job_failure, status["failed"])
+        if state.failed:
+            return self._finish(run, False, "FailedIndexes", "Job has failed indexes", status["failed"])
+        return self._finish(run, True, "CompletionsReached", "", status["failed"])
+
+    def _index(self, run: JobRun, state: IndexedRun, index: int) -> None:
+        """One completion index: a pod, and another after each failure its policy and limits allow."""
+        tries = 0
+        while not run.gone.is_set() and not self._stop.is_set() and not run.failing.is_set():
+            try:
+                outcome = self._pod(run, index=index, state=state, tries=tries)
+            except Interrupted:
+                return
+            if outcome is None:
+                continue
+            tries += 1
+            exit_code, evicted, message, _, deadline_hit = outcome
+            with state.lock:
+                if exit_code == 0 and not evicted:
+                    state.completed.add(index)
+                    done = True
+                else:
+                    done = self._index_failed(run, state, index, exit_code, evicted, deadline_hit)
+                status = state.status()
+            self._job_status(run, status)
+            if done:
+                return
+
+    def _index_failed(self, run: JobRun, state: IndexedRun, index: int, exit_code: int, evicted: bool,
+                      deadline_hit: bool) -> bool:
+        """Apply the pod failure policy and the limits to a failed pod of `index`; True when the index is over."""
+        action = _pod_failure_action(run.job, exit_code, evicted)
+        if action == "Ignore":
+            return False  # not counted: a replacement pod
+        state.failures[index] = state.failures.get(index, 0) + 1
+        if deadline_hit:
+            state.job_failure = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        elif action == "FailJob":
+            state.job_failure = ("PodFailurePolicy", f"Container stage for pod {run.job['metadata']['name']}-{index} "
+                                                     f"failed with exit code {exit_code} matching FailJob rule")
+        elif action == "FailIndex" or (state.per_index_limit is not None
+                                       and state.failures[index] > state.per_index_limit):
+            state.failed.add(index)
+            return True
+        elif state.per_index_limit is None and sum(state.failures.values()) > state.backoff_limit:
+            state.job_failure = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        else:
+            return False
+        run.failing.set()  # the Job controller deletes the Job's other running pods
+        return True
+
+    def _indexed_pod_state(self, run: JobRun, state: IndexedRun | None, index: int | None, phase: str) -> None:
+        if state is None:
+            return
+        with state.lock:
+            if phase == "ready":
+                state.ready.add(index)
+            else:
+                state.ready.discard(index)
+            (state.active.add if phase in ("pending", "ready") else state.active.discard)(index)
+            status = state.status()
+        self._job_status(run, {k: status[k] for k in ("active", "ready")})
 
     def _suspended(self, run: JobRun) -> None:
         now = _now()
@@ -875,29 +1004,38 @@ class SimulatedKubelet:
 
     # --- one pod: scheduler, kubelet -------------------------------------------------------------
 
-    def _pod(self, run: JobRun) -> tuple[int, bool, str, str, bool] | None:
-        """Create, start and run one pod; (exit code, evicted, message, started at, deadline hit)."""
+    def _pod(self, run: JobRun, index: int | None = None, state: IndexedRun | None = None,
+             tries: int = 0) -> tuple[int, bool, str, str, bool] | None:
+        """Create, start and run one pod (of completion index `index` in an Indexed Job);
+        (exit code, evicted, message, started at, deadline hit)."""
         job = run.job
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         template = job["spec"]["template"]
-        pod_path = self._create_pod(run)
+        pod_path, pod = self._create_pod(run, index)
         if pod_path is None:
             run.wait(1.0)  # as the Job controller does after FailedCreate: try again later
             return None
         started_at = _now()
-        self._job_status(run, {"startTime": (job.get("status") or {}).get("startTime") or started_at, "active": 1,
-                               "ready": 0})
+        if state is None:
+            self._job_status(run, {"startTime": (job.get("status") or {}).get("startTime") or started_at,
+                                   "active": 1, "ready": 0})
+        self._indexed_pod_state(run, state, index, "pending")
         try:
             self._wait_until_startable(run, pod_path, template["spec"])
             self.api.patch(pod_path + "/status", {"status": {"phase": "Running", "conditions": [
                 {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
                 "containerStatuses": [{"name": template["spec"]["containers"][0]["name"], "ready": True,
                                        "state": {"running": {"startedAt": _now()}}}]}})
-            self._job_status(run, {"active": 1, "ready": 1})
+            if state is None:
+                self._job_status(run, {"active": 1, "ready": 1})
+            self._indexed_pod_state(run, state, index, "ready")
             self.started.append(name)
-            result = self._container(run, template["spec"])
+            if index is not None:
+                self.started_indexes.append((name, index))
+            result = self._container(run, pod, index, tries)
         except Interrupted:
+            self._indexed_pod_state(run, state, index, "ended")
             with contextlib.suppress(RuntimeError):
                 self.api.delete(pod_path)  # the Job controller deletes the active pods of a suspended Job
             raise
@@ -911,12 +1049,15 @@ class SimulatedKubelet:
                 "phase": "Succeeded" if exit_code == 0 and not evicted else "Failed", "conditions": conditions,
                 "containerStatuses": [{"name": template["spec"]["containers"][0]["name"], "ready": False,
                                        "state": {"terminated": terminated}}]}})
+        self._indexed_pod_state(run, state, index, "ended")
         if run.gone.is_set():
             return None
-        self._job_status(run, {"active": 0, "ready": 0})
+        if state is None:
+            self._job_status(run, {"active": 0, "ready": 0})
         return exit_code, evicted, message, started_at, deadline_hit
 
-    def _create_pod(self, run: JobRun) -> str | None:
+    def _create_pod(self, run: JobRun, index: int | None = None) -> tuple[str | None, dict[str, Any]]:
+        """Create the Job's next pod (of completion `index`): its API path (None when refused) and itself."""
         job = run.job
         meta = job["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -924,21 +1065,31 @@ class SimulatedKubelet:
         labels = {**(template.get("metadata") or {}).get("labels", {}), "job-name": name,
                   "batch.kubernetes.io/job-name": name, "controller-uid": meta["uid"],
                   "batch.kubernetes.io/controller-uid": meta["uid"]}
+        annotations = dict((template.get("metadata") or {}).get("annotations") or {})
+        spec = copy.deepcopy(template["spec"])
         pod_name = f"{name}-{_suffix()}"
+        if index is not None:
+            # What the Job controller gives each pod of an Indexed Job.
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+            spec["hostname"] = f"{name}-{index}"
+            for container in spec["containers"]:
+                container["env"] = [*container.get("env", []), {"name": "JOB_COMPLETION_INDEX", "valueFrom": {
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}}]
+            pod_name = f"{name}-{index}-{_suffix()}"
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": namespace, "labels": labels, "annotations": annotations,
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                              "uid": meta["uid"], "controller": True}]},
+            "spec": spec,
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
+        }
         try:
-            self.api.create(f"/api/v1/namespaces/{namespace}/pods", {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod_name, "labels": labels,
-                             "annotations": (template.get("metadata") or {}).get("annotations") or {},
-                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                                  "uid": meta["uid"], "controller": True}]},
-                "spec": template["spec"],
-                "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False"}]},
-            })
+            self.api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
         except RuntimeError as exc:
             self.refused.append(f"{name}: {exc}")
-            return None
-        return f"/api/v1/namespaces/{namespace}/pods/{pod_name}"
+            return None, pod
+        return f"/api/v1/namespaces/{namespace}/pods/{pod_name}", pod
 
     def _wait_until_startable(self, run: JobRun, pod_path: str, pod: dict[str, Any]) -> None:
         """Scheduling, image pull and config: report why the pod cannot start, and wait until it can."""
@@ -975,7 +1126,8 @@ class SimulatedKubelet:
         secret = self.api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}") or {}
         return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
-    def _container_env(self, namespace: str, container: dict[str, Any], mounts: dict[str, str]) -> dict[str, str]:
+    def _container_env(self, namespace: str, container: dict[str, Any], mounts: dict[str, str],
+                       pod_meta: dict[str, Any] | None = None) -> dict[str, str]:
         env = dict(self.env)
         for source in container.get("envFrom") or []:
             if "secretRef" in source:
@@ -990,20 +1142,25 @@ class SimulatedKubelet:
             elif "secretKeyRef" in (var.get("valueFrom") or {}):
                 ref = var["valueFrom"]["secretKeyRef"]
                 env[var["name"]] = self._secret(namespace, ref["name"]).get(ref["key"], "")
+            elif "fieldRef" in (var.get("valueFrom") or {}):
+                env[var["name"]] = _field(pod_meta or {}, var["valueFrom"]["fieldRef"]["fieldPath"])
         return env
 
-    def _container(self, run: JobRun, pod: dict[str, Any]) -> tuple[int, bool, str, bool]:
+    def _container(self, run: JobRun, pod_object: dict[str, Any], index: int | None = None,
+                   tries: int = 0) -> tuple[int, bool, str, bool]:
         """Run (or simulate) the stage container: (exit code, evicted, termination message, deadline hit)."""
         job = run.job
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        pod = pod_object["spec"]
         container = pod["containers"][0]
-        simulated = self.simulate(job)
+        simulated = self.simulate_index(job, index, tries) if index is not None else None
+        simulated = simulated if simulated is not None else self.simulate(job)
         if simulated is not None:
             run.wait(simulated.seconds)
             if simulated.evicted:
                 return 137, True, "", False
             if simulated.publish and simulated.exit_code == 0:
-                self._publish(container)
+                self._publish(job, container)
             return simulated.exit_code, False, simulated.message, False
         pod_dir = Path(tempfile.mkdtemp(dir=self.workdir, prefix=f"{name}-"))
         mounts = {}
@@ -1014,8 +1171,13 @@ class SimulatedKubelet:
         termination_path = container.get("terminationMessagePath", "/dev/termination-log")
         mounts[termination_path] = str(pod_dir / "termination-log")
         Path(mounts[termination_path]).touch()
-        env = self._container_env(namespace, container, mounts)
-        argv = list(container.get("command") or []) + list(container.get("args") or [])
+        env = self._container_env(namespace, container, mounts, pod_object["metadata"])
+        argv = [_expand(arg, env) for arg in list(container.get("command") or []) + list(container.get("args") or [])]
+        if pod.get("subdomain"):
+            # Stands in for cluster DNS: every pod of this simulated cluster runs on this one machine, so
+            # `<job>-<index>.<subdomain>` (a pod's name under the Job's headless Service) is 127.0.0.1.
+            host = re.compile(rf"\b{re.escape(name)}-\d+\.{re.escape(pod['subdomain'])}(\.[a-z0-9.-]+)?\b")
+            argv = [host.sub("127.0.0.1", arg) for arg in argv]
         log_path = pod_dir / "log"
         deadline = job["spec"].get("activeDeadlineSeconds")
         ends = None if deadline is None else time.monotonic() + deadline
@@ -1039,13 +1201,14 @@ class SimulatedKubelet:
             message = log_path.read_bytes()[-2048:].decode(errors="replace")
         return process.returncode, False, message, False
 
-    def _publish(self, container: dict[str, Any]) -> None:
+    def _publish(self, job: dict[str, Any], container: dict[str, Any]) -> None:
         from siked_runtime.graph import StageKey
         from siked_runtime.storage import open_store, publish
 
         args = container.get("args") or []
-        stage, run_uri = args[0], args[args.index("--run-uri") + 1]
-        iteration = int(args[args.index("--iteration") + 1]) if "--iteration" in args else None
+        labels = job["metadata"]["labels"]
+        stage, run_uri = labels["siked.io/stage"], args[args.index("--run-uri") + 1]
+        iteration = int(labels["siked.io/iteration"]) if "siked.io/iteration" in labels else None
         key = StageKey(stage, iteration)
         endpoint = next((v["value"] for v in container.get("env") or [] if v["name"] == "SIKED_S3_ENDPOINT"), None)
         publish(open_store(run_uri, endpoint_url=endpoint), key.prefix,
@@ -1063,6 +1226,26 @@ def _pod_failure_action(job: dict[str, Any], exit_code: int, evicted: bool) -> s
             if inside == (codes.get("operator") == "In"):
                 return rule["action"]
     return None
+
+
+_FIELD = re.compile(r"^metadata\.(annotations|labels)\['([^']+)'\]$")
+_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def _field(meta: dict[str, Any], path: str) -> str:
+    """A downward-API fieldRef of the pod's metadata: its name, namespace, an annotation or a label."""
+    match = _FIELD.match(path)
+    if match:
+        return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+    if path in ("metadata.name", "metadata.namespace"):
+        return str(meta.get(path.split(".")[1], ""))
+    raise ValueError(f"the simulated kubelet does not resolve fieldRef {path!r}")
+
+
+def _expand(arg: str, env: dict[str, str]) -> str:
+    """`$(VAR)` in a container's command or args, expanded from its environment as the kubelet does
+    (a reference to an undefined variable stays as it is)."""
+    return _REFERENCE.sub(lambda m: env.get(m.group(1), m.group(0)), arg)
 
 
 # --- the operator as a process ------------------------------------------------------------------
