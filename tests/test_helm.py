@@ -423,8 +423,9 @@ def first_teacher_attempt_fails(job: dict[str, Any]) -> kt.Simulated:
 def record_operator_calls(objects: list[dict[str, Any]], s3_server: str, workdir: Path) -> set[Attributes]:
     """Runs the operator with the Deployment's settings through everything it does to a run; its calls.
 
-    One run with a failing first attempt (the failed pod is read), a TTL (finished Jobs deleted), then a
-    run deleted while its Jobs run (the finalizer, listing and deleting its Jobs). Stages are simulated.
+    One run trained on two nodes with a failing first attempt (the failed pod is read), a TTL (finished
+    Jobs deleted), then a run deleted while its Jobs run (the finalizer, listing and deleting its Jobs).
+    Stages are simulated.
     """
     import boto3
 
@@ -441,7 +442,9 @@ def record_operator_calls(objects: list[dict[str, Any]], s3_server: str, workdir
             "--storage-uri", f"s3://{bucket}/runs", "--s3-endpoint", s3_server, "--storage-secret", "siked-storage",
             "--metrics-port", "0", "--liveness-port", "0", "--poll-interval", "0.5", "--retry-backoff", "0.5"])
         with kubelet, operator:
-            api.create_run({**smoke, "spec": {**smoke["spec"], "ttlSecondsAfterFinished": 1}})
+            # Trained on two nodes: its train Jobs get a headless Service each.
+            training = {**smoke["spec"]["training"], "distributed": {"strategy": "ddp", "nodes": 2}}
+            api.create_run({**smoke, "spec": {**smoke["spec"], "ttlSecondsAfterFinished": 1, "training": training}})
             kt.wait_for(lambda: (api.run("smoke").get("status") or {}).get("phase") == "Succeeded", 90,
                         "the run to succeed")
             kt.wait_for(lambda: not api.jobs("smoke"), 30, "finished Jobs to go after their TTL")

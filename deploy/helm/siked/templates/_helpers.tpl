@@ -83,4 +83,9 @@ some namespaces, Namespaces to notice them appear. */}}
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# Headless Services of multi-node train Jobs (their pods' names for the rendezvous); owned by the run, so
+# garbage collection deletes them with it.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create]
 {{- end }}
