@@ -55,8 +55,13 @@ class Sampler(Protocol):
         max_new_tokens: int = 256,
         top_p: float = 1.0,
         seed: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[str]]:
-        """`n` completions for each prompt, in the order of `prompts`."""
+        """`n` completions for each prompt, in the order of `prompts`.
+
+        `seeds` (one per prompt) makes each prompt's samples depend on its seed alone, not on
+        the other prompts of the call, where the backend can (the transformers sampler).
+        """
         ...
 
     def close(self) -> None: ...
@@ -143,18 +148,32 @@ def _padding_mask(mask: torch.Tensor) -> torch.Tensor | None:
     return None if bool(mask.all()) else mask
 
 
-def _draw(scores: torch.Tensor) -> torch.Tensor:
+def _draw(scores: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row of `scores` (logits), drawn from their softmax.
 
     `torch.multinomial` draws an exponential variate for every vocabulary entry (a tenth of
-    a decode step on a CPU); inverting the cumulative distribution needs one uniform per row.
+    a decode step on a CPU); inverting the cumulative distribution needs one uniform per row:
+    `uniforms` (one per row, in [0, 1)) when the caller draws them, else torch's generator.
     """
     cdf = scores.softmax(-1).double().cumsum_(-1)
     total = cdf[:, -1:].contiguous()
+    if uniforms is None:
+        uniforms = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device)
     # `last` is the last token with any probability: rounding must not land past it.
     last = torch.searchsorted(cdf, total)
-    picked = torch.searchsorted(cdf, torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device) * total, right=True)
+    picked = torch.searchsorted(cdf, uniforms.reshape(total.shape).to(cdf) * total, right=True)
     return torch.minimum(picked, last).squeeze(1)
+
+
+def row_generators(seeds: Sequence[int], copies: int) -> list[torch.Generator]:
+    """One CPU generator per sequence: copy c of prompt i draws from seed (seeds[i], c) alone."""
+    generators = []
+    for seed in seeds:
+        for copy in range(copies):
+            generator = torch.Generator()
+            generator.manual_seed((int(seed) * 1_000_003 + copy) % (2**63))
+            generators.append(generator)
+    return generators
 
 
 class TransformersSampler:
@@ -196,11 +215,14 @@ class TransformersSampler:
         max_new_tokens: int = 256,
         top_p: float = 1.0,
         seed: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[str]]:
         if not prompts:
             return []
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds: one per prompt, got {len(seeds)} for {len(prompts)} prompts")
         if seed is not None:
-            torch.manual_seed(seed)  # sampling draws from torch's global generator
+            torch.manual_seed(seed)  # without `seeds`, sampling draws from torch's global generator
         sample = temperature > 0
         # Greedy decoding gives n identical completions: decode once, copy.
         copies = n if sample else 1
@@ -214,8 +236,9 @@ class TransformersSampler:
         done = 0
         for start in range(0, len(order), per_batch):
             batch = order[start : start + per_batch]
+            generators = row_generators([seeds[i] for i in batch], copies) if sample and seeds is not None else None
             texts, new_tokens = self._generate_batch(
-                [prompts[i] for i in batch], copies, sample, temperature, top_p, max_new_tokens)
+                [prompts[i] for i in batch], copies, sample, temperature, top_p, max_new_tokens, generators)
             for j, i in enumerate(batch):
                 out[i] = texts[j * copies : (j + 1) * copies]
             done += len(batch) * copies
@@ -227,13 +250,22 @@ class TransformersSampler:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[str], copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int
+        self, prompts: list[str], copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int,
+        generators: list[torch.Generator] | None = None,
     ) -> tuple[list[str], int]:
         """The `copies` completions of each prompt, prompt by prompt, and the new tokens they took."""
         started = time.perf_counter()
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        new = self._decode(inputs, copies, sample, temperature, top_p, max_new_tokens)
-        if new is None:
+        new = self._decode(inputs, copies, sample, temperature, top_p, max_new_tokens, generators)
+        if new is None and generators is not None:
+            # `generate` samples from one generator: seeded rows need a call each.
+            new = []
+            for i, prompt in enumerate(prompts):
+                torch.manual_seed(generators[i * copies].initial_seed())
+                one = self.tokenizer([prompt], return_tensors="pt", padding=True).to(self.device)
+                rows = self._generate_hf(one, copies, sample, temperature, top_p, max_new_tokens)
+                new += rows
+        elif new is None:
             new = self._generate_hf(inputs, copies, sample, temperature, top_p, max_new_tokens)
         texts = [cut_finished(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
         pad = self.tokenizer.pad_token_id
@@ -244,12 +276,14 @@ class TransformersSampler:
         return texts, new_tokens
 
     def _decode(
-        self, inputs: dict, copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int
+        self, inputs: dict, copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int,
+        generators: list[torch.Generator] | None = None,
     ) -> list[list[int]] | None:
         """New tokens of each prompt's `copies` sequences, or None if the model's cache cannot drop rows.
 
         The prompts are prefilled once and their cache repeated for the copies. Position ids
-        count real tokens only, as `generate` counts them for left-padded rows.
+        count real tokens only, as `generate` counts them for left-padded rows. With
+        `generators` (one per sequence) each sequence draws its uniforms from its own.
         """
         # As `generate(do_sample=True, top_k=0)`: vLLM has no top-k.
         warpers = LogitsProcessorList()
@@ -274,7 +308,13 @@ class TransformersSampler:
         new: list[list[int]] = [[] for _ in range(len(mask))]
         live = list(range(len(mask)))  # the sequence each batch row writes
         for step in range(max_new_tokens):
-            next_ids = _draw(warpers(None, logits)) if sample else logits.argmax(-1)
+            if not sample:
+                next_ids = logits.argmax(-1)
+            elif generators is None:
+                next_ids = _draw(warpers(None, logits))
+            else:
+                uniforms = torch.cat([torch.rand(1, dtype=torch.float64, generator=generators[seq]) for seq in live])
+                next_ids = _draw(warpers(None, logits), uniforms.to(logits.device))
             keep = []
             for row, (seq, token) in enumerate(zip(live, next_ids.tolist(), strict=True)):
                 new[seq].append(token)
@@ -428,7 +468,9 @@ class VllmSampler:
         max_new_tokens: int = 256,
         top_p: float = 1.0,
         seed: int | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[str]]:
+        # `seeds` is accepted and not used: requests share the engine's seed (the class docstring).
         if not prompts:
             return []
         copies = n if temperature > 0 else 1  # greedy: decode once, copy

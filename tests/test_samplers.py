@@ -61,6 +61,23 @@ def test_sampling_follows_the_seed(tiny_sampler: TransformersSampler) -> None:
     assert len(set(first[0])) > 1  # a random model at temperature 1 does not repeat itself
 
 
+def test_seeded_rows_do_not_depend_on_their_batch(tiny_sampler: TransformersSampler) -> None:
+    # With one seed per prompt, a prompt's samples are the same alone, in another batch, in another
+    # order, and with a batch size that splits the call differently: what a sharded stage relies on.
+    prompts = _prompts(tiny_sampler, QUESTIONS)
+    seeds = [11, 12, 13]
+    together = tiny_sampler.generate(prompts, n=2, temperature=1.0, max_new_tokens=8, seeds=seeds)
+    alone = [tiny_sampler.generate([p], n=2, temperature=1.0, max_new_tokens=8, seeds=[s])[0]
+             for p, s in zip(prompts, seeds, strict=True)]
+    reversed_ = tiny_sampler.generate(prompts[::-1], n=2, temperature=1.0, max_new_tokens=8, seeds=seeds[::-1])
+    assert together == alone == reversed_[::-1]
+    assert len({c for cs in together for c in cs}) > 3  # the seeds differ, so do the samples
+    other = tiny_sampler.generate(prompts[:1], n=2, temperature=1.0, max_new_tokens=8, seeds=[99])
+    assert other[0] != together[0]
+    with pytest.raises(ValueError, match="one per prompt"):
+        tiny_sampler.generate(prompts, n=1, temperature=1.0, seeds=[1])
+
+
 @contextmanager
 def _forward_calls(model: torch.nn.Module) -> Iterator[list[dict]]:
     """Records the inputs of each forward pass of `model`."""
