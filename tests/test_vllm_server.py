@@ -43,6 +43,9 @@ SERVED = "smollm2-teacher"
 STRATEGIES = ["cot", "pot"]
 N = 2  # samples per strategy: vLLM answers n > 1 in one request
 MAX_TOKENS = 48  # short answers keep a CPU server fast; most end with finish_reason "length"
+# A busy CPU server queues requests for minutes; a shorter client timeout retries a request the server then
+# answers twice (seen here: 9 requests for 6 asks with the default 120 s).
+TIMEOUT_SECONDS = 900
 STARTUP_SECONDS = 900  # two busy cores take minutes to start vLLM
 ANSWERED = '"POST /v1/chat/completions HTTP/1.1" 200'
 
@@ -139,7 +142,8 @@ def spec_of(tmp_path: Path, endpoint: str, questions: int, **teacher) -> Distill
                              for q, a in zip(QUESTIONS[:questions], ANSWERS[:questions])))
     return DistillationSpec.model_validate({
         "teacher": {"kind": "openai", "endpoint": endpoint, "model": SERVED, "samplesPerStrategy": N,
-                    "maxTokens": MAX_TOKENS, "temperature": 0.8, "maxConcurrency": 4, **teacher},
+                    "maxTokens": MAX_TOKENS, "temperature": 0.8, "maxConcurrency": 4,
+                    "timeoutSeconds": TIMEOUT_SECONDS, **teacher},
         "student": {"model": "builtin:tiny-random"}, "strategies": STRATEGIES,
         "datasets": {"train": {"name": "train", "source": str(train), "format": "gsm8k"}, "validationFromTrain": 1}})
 
