@@ -14,9 +14,9 @@ verification, writing and (ours) merging. On a machine with few cores the parts 
 them; what a second part can win is the time a single process leaves a core idle (loading,
 verifying, writing).
 
-The second measurement is the price of determinism: `StudentGenerator` draws each question's k
-samples in a call of their own (a batch of k), against one call for all questions (batches of
-`sampling.batchSize` sequences), in generated tokens/s.
+The second measurement is the price of determinism, in generated tokens/s: `StudentGenerator`
+seeds each question's samples (a generator per sequence, `seeds=`) against one unseeded call
+for the same questions; both fill batches of `sampling.batchSize` sequences.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from siked_runtime.spec import DistillationSpec, load_manifest
 from siked_runtime.storage import open_store, publish, read_manifest
 
 GOAL = "<=0.8"
-SEEDING_GOAL = ">=0.5"
+SEEDING_GOAL = ">=0.8"
 SAMPLE = StageKey("sample", 1)
 
 
@@ -80,7 +80,7 @@ def _two_parts(store, spec: DistillationSpec) -> float:
 
 
 def seeding_cost(spec: DistillationSpec) -> Measurement:
-    """Generated tokens/s: one call per question (per-question seeds) vs one call for all questions."""
+    """Generated tokens/s: per-question seeds vs one unseeded call, same questions and batches."""
     from siked_runtime.stages.data import train_questions
     from siked_runtime.stages.generation import StudentGenerator
 
@@ -89,7 +89,7 @@ def seeding_cost(spec: DistillationSpec) -> Measurement:
     with StudentGenerator(spec, resolve_model(spec.student.model), sampling.batch_size) as gen:
         start = time.perf_counter()
         gen.generate(questions, n=it.samples_per_question, temperature=it.temperature,
-                     max_new_tokens=sampling.max_new_tokens, what="per-question seeds")
+                     max_new_tokens=sampling.max_new_tokens, what="seeded per question")
         ours = gen.tokens / (time.perf_counter() - start)
         gen.sampler.on_batch = None  # the generator's progress line is closed
         before, start = gen.sampler.stats["new_tokens"], time.perf_counter()
@@ -99,7 +99,7 @@ def seeding_cost(spec: DistillationSpec) -> Measurement:
         baseline = (gen.sampler.stats["new_tokens"] - before) / (time.perf_counter() - start)
     context = {"questions": len(questions), "k": it.samples_per_question, "batch_size": sampling.batch_size,
                "load_average_1m": round(os.getloadavg()[0], 2)}
-    m = Measurement("P7-seeds", "sampling tokens/s, a call per question (seeded per question) vs one batched call",
+    m = Measurement("P7-seeds", "sampling tokens/s, seeded per question vs unseeded",
                     ours, baseline, "tokens/s", SEEDING_GOAL, False, context)
     m.met = ratio_met(m.ratio, SEEDING_GOAL)
     return m

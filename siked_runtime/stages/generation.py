@@ -1,10 +1,9 @@
 """Student generation shared by the sample and eval stages: prompts, one sampler, progress lines.
 
-Samples are seeded per question (`question_seed`): with the transformers sampler each
-question's n samples are drawn in a call of their own, from a seed made of the call's seed
-and the question. A question's samples then do not depend on which other questions share
-its batch, so a sharded sample stage draws exactly what the unsharded one draws. vLLM
-takes all prompts at once (its throughput lives on large batches) and seeds by engine.
+Samples are seeded per question (`question_seed`, from the call's seed and the question):
+the transformers sampler draws each sequence's randomness from its question's seed alone
+(`seeds=`), so a question's samples do not depend on which other questions share its batch,
+and a sharded sample stage draws what the unsharded one draws. vLLM seeds by engine.
 """
 
 from __future__ import annotations
@@ -37,8 +36,7 @@ class StudentGenerator:
 
         self.spec = spec
         self.tokens = 0
-        self._what, self._start, self._bar, self._offset, self._one_call = "", time.perf_counter(), None, 0, True
-        self._per_question = spec.sampling.backend == "transformers"
+        self._what, self._start, self._bar = "", time.perf_counter(), None
         path = resolve_model(str(model_path))  # a directory, or a `builtin:` name
         tokenizer = load_tokenizer(path)
         self._format = lambda q: chat_prompt(tokenizer, build_prompt(q))
@@ -49,29 +47,21 @@ class StudentGenerator:
         self.tokens += new_tokens
         self._batch_tokens += new_tokens
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        if self._one_call:
-            self._bar.total = total  # greedy decoding decodes once per question, whatever n
-        self._bar.update(self._offset + done - self._bar.done,
+        self._bar.total = total  # greedy decoding decodes once per question, whatever n
+        self._bar.update(done - self._bar.done,
                          f"{self._batch_tokens} tokens ({self._batch_tokens / elapsed:.0f} tok/s)")
 
     def generate(self, questions: list[str], n: int, temperature: float, max_new_tokens: int, what: str,
                  seed: int = 0, prefill: str = "") -> list[list[str]]:
         """n completions per question; `prefill` starts the answer (e.g. a forced strategy tag) and is
         part of each completion returned."""
-        self._what, self._start, self._batch_tokens, self._offset = what, time.perf_counter(), 0, 0
+        self._what, self._start, self._batch_tokens = what, time.perf_counter(), 0
         self._bar = Progress(what, len(questions) * n, unit="sequence", count="{done}/{total} sequences")
-        prompts = [self._format(q) + prefill for q in questions]
-        settings = dict(n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                        top_p=self.spec.sampling.top_p if temperature > 0 else 1.0)
-        self._one_call = not (temperature > 0 and self._per_question)
         try:
-            if not self._one_call:
-                out = []
-                for prompt, question in zip(prompts, questions):
-                    out += self.sampler.generate([prompt], seed=question_seed(seed, question), **settings)
-                    self._offset += n
-            else:
-                out = self.sampler.generate(prompts, seed=seed, **settings)
+            out = self.sampler.generate([self._format(q) + prefill for q in questions], n=n, temperature=temperature,
+                                        max_new_tokens=max_new_tokens,
+                                        top_p=self.spec.sampling.top_p if temperature > 0 else 1.0, seed=seed,
+                                        seeds=[question_seed(seed, q) for q in questions])
         finally:
             self._bar.close()
         return [[prefill + c for c in cs] for cs in out] if prefill else out
