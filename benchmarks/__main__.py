@@ -4,7 +4,7 @@
     python -m benchmarks p1 --student runs/bench/student-12steps
 
 Prints one JSON line per measurement as it is taken (`--out` also appends them to a file),
-then a table of all of them. `--quick` sizes everything so that `all` fits in 15 minutes on
+then a table of all of them. `--quick` sizes everything so that `all` fits in about 20 minutes on
 2 CPU cores, P5 (the quickstart, about 6.5 minutes) included.
 
 P1 and P6 sample from a fine-tuned student: `--student DIR`, else the quickstart's
@@ -16,6 +16,8 @@ with the quickstart's recipe and kept under `--work`.
     p3  PoT programs verified/s: warm pool vs a subprocess per program             goal >= 10x, >= 500/s
     p5  quickstart wall time                                                        goal <= 600 s
     p6  tokens per correct self-sample: adaptive budget vs fixed k                  goal <= 0.6x
+    p7  sample stage wall time: 2 parts side by side vs 1 part (and seeded sampling's cost)
+    d1  SFT tokens/s: DDP, 2 torchrun processes (gloo) vs 1 process, same global batch
 
 The operator benchmark needs kubectl and a Kubernetes API emulator; it is not part of
 `all` and runs on its own: python benchmarks/operator_bench.py.
@@ -31,14 +33,14 @@ from pathlib import Path
 
 from benchmarks.report import Measurement, emit, machine, table
 
-NAMES = ["p1", "p2", "p3", "p5", "p6"]
+NAMES = ["p1", "p2", "p3", "p5", "p6", "p7", "d1"]
 STUDENT_STEPS = 20  # the quickstart's iteration 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=[*NAMES, "all"], help="one benchmark, or all of them")
-    parser.add_argument("--quick", action="store_true", help="small sizes: `all` in about 15 minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="small sizes: `all` in about 20 minutes on 2 cores")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     parser.add_argument("--work", type=Path, default=Path("runs/bench"),
                         help="where the trained student and logs are kept (default runs/bench)")
@@ -67,6 +69,14 @@ def run_one(name: str, args: argparse.Namespace, device: str, student) -> list[M
         from benchmarks import quickstart
 
         return quickstart.run(device, args.work)
+    if name == "p7":
+        from benchmarks import shards
+
+        return shards.run(args.quick)
+    if name == "d1":
+        from benchmarks import ddp
+
+        return ddp.run(args.quick)
     from benchmarks import budget
 
     return budget.run(student(), device, args.quick)
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = NAMES if args.name == "all" else [args.name]
     # P5 first: its iteration-1 model is the student P1 and P6 sample from.
-    names = sorted(names, key=["p5", "p3", "p1", "p2", "p6"].index)
+    names = sorted(names, key=["p5", "p3", "p1", "p2", "p6", "p7", "d1"].index)
     device = machine()
     trained: list[Path] = []
 

@@ -46,7 +46,8 @@ def teacher_knowledge(spec: DistillationSpec, records: list[dict], solutions: di
     else:
         from siked_runtime.teachers.local import ask_local
 
-        replies = ask_local(spec.teacher, conversations, spec.sampling, seed=spec.seed)
+        replies = ask_local(spec.teacher, conversations, spec.sampling, seed=spec.seed,
+                            gpus=spec.resources.for_stage("teacher").gpus)
     return [parse_knowledge(r, reply, solutions.get(r["id"])) for r, reply in zip(records, replies, strict=True)]
 
 

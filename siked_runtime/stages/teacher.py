@@ -40,7 +40,8 @@ def raw_solutions(spec: DistillationSpec, records: list[dict]) -> list[dict]:
         return solve(ChatClient.from_spec(teacher), records, strategies, n=teacher.samples_per_strategy)
     from siked_runtime.teachers.local import solve_local
 
-    return solve_local(teacher, records, strategies, spec.sampling, seed=spec.seed)
+    return solve_local(teacher, records, strategies, spec.sampling, seed=spec.seed,
+                       gpus=spec.resources.for_stage("teacher").gpus)
 
 
 def keep_correct(rows: list[dict], m: int) -> list[dict]:
