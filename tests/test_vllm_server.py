@@ -229,7 +229,11 @@ def test_a_killed_server_is_survived_by_retries_and_the_journal(server, tmp_path
     patient = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"max_retries": 40})})
     done = run_stage(patient, store, StageKey("teacher"))
     print(f"\nrerun finished {time.monotonic() - started:.0f} s after the restart began")
-    assert server.answered() - before == asks  # every question × strategy answered (and paid for) once
-    assert done["usage"]["reused_replies"] == first * N and done["usage"]["requests"] - done["usage"]["retries"] \
-        == asks - first
+    # A reply the server logged as the kill landed may never have reached the client: that one, and only
+    # that kind, is asked for again. Every reply the client received is reused, never paid twice.
+    reused = done["usage"]["reused_replies"] // N
+    lost = first - reused
+    assert reused >= 1 and 0 <= lost <= spec.teacher.max_concurrency, (first, reused)
+    assert server.answered() - before == asks + lost
+    assert done["usage"]["requests"] - done["usage"]["retries"] == asks - reused
     assert done["usage"]["retries"] > 0 and done["raw_rows"] == asks * N and done["failures"]["count"] == 0
