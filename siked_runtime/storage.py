@@ -668,10 +668,12 @@ def list_manifests(store: Store) -> dict[str, dict[str, Any]]:
     """Every finished stage under `store`: stage prefix (e.g. "iter-000/train") -> its manifest.
 
     A `manifest.json` inside a finished stage's folder (say, shipped with
-    model files) belongs to that stage's artifacts and is not a stage itself.
+    model files) belongs to that stage's artifacts and is not a stage itself;
+    nor is a part's (`<stage>/parts/<i>/manifest.json`) of a sharded stage.
     """
     suffix = "/" + MANIFEST
     prefixes = [key[: -len(suffix)] for key in store.list() if key.endswith(suffix)]
+    prefixes = [p for p in prefixes if p.split("/")[-2:-1] != [PARTS]]
     stages: dict[str, dict[str, Any]] = {}
     # Shallowest first, so a stage is known before anything nested in it.
     for prefix in sorted(prefixes, key=lambda p: p.count("/")):
