@@ -57,27 +57,23 @@ class Kube:
     def core(self) -> kubernetes.client.CoreV1Api:
         return kubernetes.client.CoreV1Api(self.client)
 
-    def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
-        """Create the Job unless one with its name exists; True when this call created it."""
+    def _create(self, create: Any, namespace: str, body: dict[str, Any]) -> bool:
+        """`create(namespace, body)` unless an object of its name exists; True when this call created it."""
         try:
-            self.batch.create_namespaced_job(namespace, job, _preload_content=False,
-                                             _request_timeout=self.timeout)
+            create(namespace, body, _preload_content=False, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         return True
 
+    def create_job(self, namespace: str, job: dict[str, Any]) -> bool:
+        """Create the Job unless one with its name exists; True when this call created it."""
+        return self._create(self.batch.create_namespaced_job, namespace, job)
+
     def create_service(self, namespace: str, service: dict[str, Any]) -> bool:
         """Create the Service unless one with its name exists; True when this call created it."""
-        try:
-            self.core.create_namespaced_service(namespace, service, _preload_content=False,
-                                                _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        return self._create(self.core.create_namespaced_service, namespace, service)
 
     def job_owner(self, namespace: str, name: str) -> str | None:
         """The uid of the Job's controlling owner: "" when it has none, None when the Job is gone."""
