@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import io
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -400,8 +401,14 @@ def _finished_requests_bar(on_finished: Callable[[], None]) -> type[tqdm]:
 
     class FinishedRequests(tqdm):
         def __init__(self, iterable=None, *args, **kwargs):  # noqa: ANN001 - tqdm's signature
-            super().__init__(iterable, *args, **{**kwargs, "disable": True})
+            # Enabled but written nowhere: vLLM divides by the bar's elapsed time, which a disabled bar lacks.
+            super().__init__(iterable, *args, **{**kwargs, "file": io.StringIO(), "mininterval": 3600.0})
             self._counts = iterable is None
+
+        @property
+        def format_dict(self):  # noqa: ANN201
+            values = super().format_dict
+            return {**values, "elapsed": max(values.get("elapsed") or 0.0, 1e-9)}
 
         def update(self, n=1):  # noqa: ANN001
             if self._counts:
