@@ -31,9 +31,16 @@ def siked_jobs(*args: str) -> list[dict]:
 @pytest.mark.parametrize("example", ["smoke.yaml", "gpu-cluster.yaml", "skintern-quickstart.yaml"])
 def test_every_planned_stage_gets_a_job_a_cluster_would_admit(example):
     run = load_manifest(REPO / "examples" / example)
-    jobs = siked_jobs(str(REPO / "examples" / example), "--storage-uri", "s3://runs/siked")
+    objects = siked_jobs(str(REPO / "examples" / example), "--storage-uri", "s3://runs/siked")
+    jobs = [o for o in objects if o["kind"] == "Job"]
+    services = [o for o in objects if o["kind"] == "Service"]  # before each multi-node train Job
+    assert len(jobs) + len(services) == len(objects)
     assert len(jobs) == len(planned_keys(run)) == planned_stages(run.spec, plan(run.spec, {}))
     assert len({j["metadata"]["name"] for j in jobs}) == len(jobs)
+    multi_node = [j for j in jobs if j["spec"].get("completionMode") == "Indexed"
+                  and j["spec"]["template"]["spec"].get("subdomain")]
+    assert [s["metadata"]["name"] for s in services] == [j["spec"]["template"]["spec"]["subdomain"] for j in multi_node]
+    assert bool(services) == (example == "gpu-cluster.yaml")  # its training runs on 2 nodes
     for job in jobs:
         assert kt.admit(job) == [], job["metadata"]["name"]  # schema (strict), names, labels
         assert kt.psa_restricted_violations(job["spec"]["template"]["spec"]) == []
