@@ -17,6 +17,7 @@ torch: the operator builds its Job commands with these functions.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -27,6 +28,14 @@ from collections import deque
 from siked_runtime.spec import DistillationSpec, DistributedStrategy
 
 LOCALHOST = "127.0.0.1"
+
+
+def process_rank() -> int:
+    """This process's global rank when torchrun started it (its RANK variable), else 0."""
+    value = os.environ.get("RANK", "0")
+    if not value.isdigit():
+        raise ValueError(f"RANK must be a process rank (a whole number), got {value!r}")
+    return int(value)
 
 
 def world(spec: DistillationSpec, gpus: int | None) -> tuple[int, int]:

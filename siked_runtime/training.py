@@ -40,6 +40,7 @@ from trl import SFTConfig, SFTTrainer
 
 from siked_runtime.completion_loss import CompletionLossTrainer
 from siked_runtime.console import Progress
+from siked_runtime.distributed import process_rank
 from siked_runtime.models import chat_prompt, cpu_has_native_bf16, default_device, resolve_dtype, resolve_model
 from siked_runtime.spec import DistributedStrategy, StudentSpec, TrainingSpec
 
@@ -108,7 +109,7 @@ def world_size() -> int:
 
 def is_leader() -> bool:
     """True in the process that writes artifacts: rank 0 under torchrun, the only one otherwise."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return process_rank() == 0
 
 
 def per_device_batch(training: TrainingSpec, processes: int) -> int:

@@ -23,9 +23,9 @@ last part; without `part` every part runs here, one after another.
 
 from __future__ import annotations
 
-import os
 import time
 
+from siked_runtime.distributed import process_rank
 from siked_runtime.graph import StageKey
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages import shards
@@ -50,14 +50,6 @@ def _function(stage: str):
 
 # Stages that run model-written programs in the sandbox.
 VERIFYING = frozenset({"teacher", "baseline", "teacher-eval", "sample", "eval"})
-
-
-def process_rank() -> int:
-    """This process's global rank when torchrun started it (its RANK variable), else 0."""
-    value = os.environ.get("RANK", "0")
-    if not value.isdigit():
-        raise ValueError(f"RANK must be a process rank (a whole number), got {value!r}")
-    return int(value)
 
 
 def _sandbox(spec: DistillationSpec, key: StageKey) -> dict | None:
