@@ -114,9 +114,8 @@ def cost(usage: dict, pricing: TeacherPricing) -> dict:
             "currency": pricing.currency}
 
 
-def api_solutions(spec: DistillationSpec, store: Store, records: list[dict],
-                  prefix: str = TEACHER) -> tuple[list[dict], dict]:
-    """Raw rows from the `openai` teacher, journaled under `<prefix>/journal/`, and the manifest's usage,
+def api_solutions(spec: DistillationSpec, store: Store, records: list[dict]) -> tuple[list[dict], dict]:
+    """Raw rows from the `openai` teacher, journaled under `teacher/journal/`, and the manifest's usage,
     cost and failure counts; raises TeacherAPIError past `teacher.maxFailureShare`."""
     from siked_runtime.teachers.fewshot import teacher_messages
     from siked_runtime.teachers.journal import Journal
@@ -127,7 +126,7 @@ def api_solutions(spec: DistillationSpec, store: Store, records: list[dict],
     allowed = failure_limit(teacher.max_failure_share, len(asks))
     rate = Rate("teacher requests", len(asks), unit="request")
     batch = collect(ChatClient.from_spec(teacher), asks, teacher.samples_per_strategy,
-                    Journal(store, f"{prefix}/{JOURNAL}"), max_failures=allowed, on_done=rate.update)
+                    Journal(store, f"{TEACHER}/{JOURNAL}"), max_failures=allowed, on_done=rate.update)
     failures = failure_summary(batch.failures, len(asks), teacher.max_failure_share)
     if len(batch.failures) > allowed:
         raise TeacherAPIError(failure_reason(failures, len(asks), allowed, batch.stopped))
@@ -148,10 +147,10 @@ def api_solutions(spec: DistillationSpec, store: Store, records: list[dict],
     }
 
 
-def teacher_output(spec: DistillationSpec, store: Store, records: list[dict], prefix: str) -> tuple[list[dict], dict]:
+def teacher_output(spec: DistillationSpec, store: Store, records: list[dict]) -> tuple[list[dict], dict]:
     """Raw rows and what the manifest says about how they were got (the openai teacher's usage)."""
     if spec.teacher.kind == "openai":
-        return api_solutions(spec, store, records, prefix)
+        return api_solutions(spec, store, records)
     return raw_solutions(spec, records), {}
 
 
@@ -159,10 +158,9 @@ def run_teacher(spec: DistillationSpec, store: Store, iteration: int | None = No
     """The stage. A part of a sharded stage gets a store that maps `teacher/…` into its part
     (`shards.stage_store`), so its journal is the part's own."""
     start = time.perf_counter()
-    prefix = TEACHER
     records = train_questions(spec)
     log(f"teacher ({spec.teacher.kind}): {len(records)} questions × {len(spec.strategies)} strategies")
-    raw, api = teacher_output(spec, store, records, prefix)
+    raw, api = teacher_output(spec, store, records)
     # A row's strategy is what it was asked for; the verifier's parse may disagree
     # (a teacher that ignored the requested tag), and such rows are not kept.
     verified = verify_rows(raw, "teacher verify", spec.verification)
@@ -171,8 +169,8 @@ def run_teacher(spec: DistillationSpec, store: Store, iteration: int | None = No
             row["verdict"], row["reason"] = "wrong", f"asked for {asked['strategy']}, wrote {row['strategy']}"
             row["strategy"] = asked["strategy"]
     kept = keep_correct(verified, spec.teacher.max_correct_per_strategy)
-    store.write_jsonl(f"{prefix}/all.jsonl.gz", verified)
-    store.write_jsonl(f"{prefix}/solutions.jsonl.gz", kept)
+    store.write_jsonl(f"{TEACHER}/all.jsonl.gz", verified)
+    store.write_jsonl(f"{TEACHER}/solutions.jsonl.gz", kept)
     solved = len({r["id"] for r in kept})
     log(f"teacher: kept {len(kept)} of {len(raw)} solutions; {solved}/{len(records)} questions solved")
     knowledge = None
@@ -186,7 +184,7 @@ def run_teacher(spec: DistillationSpec, store: Store, iteration: int | None = No
         "rows": len(kept),
         "questions_solved": solved,
         "strategies": per_strategy(verified),
-        "solutions": store.url(f"{prefix}/solutions.jsonl.gz"),
+        "solutions": store.url(f"{TEACHER}/solutions.jsonl.gz"),
         **api,
         **({"knowledge": knowledge} if knowledge else {}),
         "seconds": round(time.perf_counter() - start, 3),
