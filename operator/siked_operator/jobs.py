@@ -295,16 +295,7 @@ def build_stage_job(
     """The Job that runs one attempt of one stage of `run` (the DistillationRun object as the API returns it)."""
     meta = run["metadata"]
     run_name = meta["name"]
-    labels = {
-        "app.kubernetes.io/name": "siked",
-        "app.kubernetes.io/component": "stage",
-        "app.kubernetes.io/managed-by": "siked-operator",
-        RUN_LABEL: run_label(run_name),
-        STAGE_LABEL: key.stage,
-        ATTEMPT_LABEL: str(attempt),
-    }
-    if key.iteration is not None:
-        labels[ITERATION_LABEL] = str(key.iteration)
+    labels = stage_labels(run_name, key, attempt)
     queue = stage_resources(spec, key.stage, config.default_resources).queue_name
     if queue:
         labels[QUEUE_LABEL] = queue
@@ -343,11 +334,7 @@ def build_stage_job(
         "spec": job_spec,
     }
     # Owner reference (controller), namespace, and the run's own labels on the Job and its pods.
-    kopf.adopt(job, owner=_owner(run), nested="spec.template")
-    # blockOwnerDeletion needs `update` on distillationruns/finalizers where the API server checks it
-    # (OpenShift); background garbage collection deletes the Jobs with their run either way.
-    for ref in job["metadata"]["ownerReferences"]:
-        ref.pop("blockOwnerDeletion", None)
+    _adopt(job, run, nested="spec.template")
     return job
 
 
@@ -378,11 +365,7 @@ def build_stage_service(run: Mapping[str, Any], key: StageKey, spec: Distillatio
         return None
     meta = run["metadata"]
     job = job_name(meta["name"], key, attempt, indexes(spec, key, config))
-    labels = {"app.kubernetes.io/name": "siked", "app.kubernetes.io/component": "stage",
-              "app.kubernetes.io/managed-by": "siked-operator", RUN_LABEL: run_label(meta["name"]),
-              STAGE_LABEL: key.stage, ATTEMPT_LABEL: str(attempt)}
-    if key.iteration is not None:
-        labels[ITERATION_LABEL] = str(key.iteration)
+    labels = stage_labels(meta["name"], key, attempt)
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -390,10 +373,34 @@ def build_stage_service(run: Mapping[str, Any], key: StageKey, spec: Distillatio
                      "annotations": {RUN_ANNOTATION: meta["name"]}},
         "spec": {"clusterIP": "None", "selector": {JOB_NAME_LABEL: job}, "publishNotReadyAddresses": True},
     }
-    kopf.adopt(service, owner=_owner(run))
-    for ref in service["metadata"]["ownerReferences"]:
-        ref.pop("blockOwnerDeletion", None)
+    _adopt(service, run)
     return service
+
+
+def stage_labels(run_name: str, key: StageKey, attempt: int) -> dict[str, str]:
+    """The labels of a stage attempt's objects (its Job, its pods, a multi-node Job's Service)."""
+    labels = {
+        "app.kubernetes.io/name": "siked",
+        "app.kubernetes.io/component": "stage",
+        "app.kubernetes.io/managed-by": "siked-operator",
+        RUN_LABEL: run_label(run_name),
+        STAGE_LABEL: key.stage,
+        ATTEMPT_LABEL: str(attempt),
+    }
+    if key.iteration is not None:
+        labels[ITERATION_LABEL] = str(key.iteration)
+    return labels
+
+
+def _adopt(obj: dict[str, Any], run: Mapping[str, Any], nested: str | None = None) -> None:
+    """Owner reference (controller), namespace and the run's labels, as kopf sets them.
+
+    blockOwnerDeletion needs `update` on distillationruns/finalizers where the API server checks it
+    (OpenShift); background garbage collection deletes the objects with their run either way.
+    """
+    kopf.adopt(obj, owner=_owner(run), **({"nested": nested} if nested else {}))
+    for ref in obj["metadata"]["ownerReferences"]:
+        ref.pop("blockOwnerDeletion", None)
 
 
 def _owner(run: Mapping[str, Any]) -> dict[str, Any]:
