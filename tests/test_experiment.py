@@ -35,7 +35,7 @@ def test_merge_recurses_into_mappings_and_replaces_lists() -> None:
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}  # not modified
 
 
-@pytest.mark.parametrize("budget", [None, "medium", "full"])
+@pytest.mark.parametrize("budget", [None, "medium", "medium-fp32", "full"])
 def test_every_arm_gets_the_same_training_steps(budget) -> None:
     _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", budget)
     runs = arm_runs(experiment, base)
@@ -53,8 +53,9 @@ def test_every_arm_gets_the_same_training_steps(budget) -> None:
     assert {r.spec.mixing.policy for a, _, r in runs if a.name == experiment.reference} == {"teacher"}
 
 
-def test_medium_budget_has_power_and_fits() -> None:
-    _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", "medium")
+@pytest.mark.parametrize("budget", ["medium", "medium-fp32"])
+def test_medium_budget_has_power_and_fits(budget) -> None:
+    _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", budget)
     spec = shared_run(experiment, base, 0).spec
     assert len(experiment.seeds) >= 3 and spec.datasets.eval[0].synthetic.n >= 300
 
