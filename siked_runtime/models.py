@@ -116,11 +116,13 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def _build_once(target: Path, build: Callable[[Path], None]) -> None:
-    """Build into a temporary sibling and rename it into place, under a lock.
+def build_once(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a model directory into a temporary sibling and rename it into place, under a lock.
 
-    The lock keeps a second process from spending the same minute building; the rename
-    means a killed build never leaves a half-written directory under the final name.
+    The lock keeps a second process (another rank on the node, another stage) from spending
+    the same minute building or downloading, and makes it wait for the finished directory;
+    the rename means a killed build never leaves a half-written directory under the final
+    name. A directory with `config.json` is a finished one.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
@@ -140,9 +142,10 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> None:
 def _apply_umask(directory: Path) -> None:
     # mkdtemp and safetensors create owner-only files; a shared cache should get the
     # permissions of any other file this process creates.
-    os.chmod(directory, 0o777 & ~_UMASK)
-    for path in directory.iterdir():
-        os.chmod(path, 0o666 & ~_UMASK)
+    for root, dirs, files in os.walk(directory):
+        os.chmod(root, 0o777 & ~_UMASK)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~_UMASK)
 
 
 def resolve_model(name: str, cache_dir: Path | None = None) -> str:
@@ -158,7 +161,7 @@ def resolve_model(name: str, cache_dir: Path | None = None) -> str:
         raise ValueError(f"unknown built-in model {name!r}; expected one of {known}")
     target = Path(cache_dir or cache_root()) / f"{key}-v{_RECIPE_VERSIONS[key]}"
     if not (target / "config.json").is_file():
-        _build_once(target, _BUILDERS[key])
+        build_once(target, _BUILDERS[key])
     return str(target)
 
 

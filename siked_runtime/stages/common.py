@@ -19,13 +19,18 @@ def cache_dir() -> Path:
 
 
 def local_model(store: Store, prefix: str) -> Path:
-    """A stage's model directory on local disk: in place for file:// runs, downloaded once for s3://."""
+    """A stage's model directory on local disk: in place for file:// runs, downloaded once for s3://.
+
+    The download goes through `models.build_once`: the processes of a node (torchrun's ranks)
+    download it once between them, and an interrupted download is never taken for a model."""
+    from siked_runtime.models import build_once
+
     key = f"{prefix}/{MODEL_DIR}"
     if isinstance(store, LocalStore):
         return store.root / key
     target = cache_dir() / "runs" / store.uri.replace("://", "/").strip("/") / key
     if not (target / "config.json").exists():
-        store.download_dir(key, target)
+        build_once(target, lambda tmp: store.download_dir(key, tmp))
     return target
 
 
