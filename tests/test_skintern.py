@@ -102,7 +102,10 @@ class KnowledgeServer(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    requests = 0
+
     def do_POST(self):
+        type(self).requests += 1
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         prompt = body["messages"][-1]["content"]
         text = ("Learning summary: Count the groups.\nSupplementary knowledge: A pair is 2."
@@ -125,6 +128,31 @@ def test_openai_teacher_writes_knowledge_over_http():
         httpd.shutdown()
     assert rows[0]["source"] == "teacher" and rows[0]["knowledge"] == "A pair is 2."
     assert rows[1]["source"] == "rules" and rows[1]["problem"]
+
+
+def test_knowledge_replies_are_journaled_and_never_paid_twice(tmp_path):
+    """A rerun of the teacher stage (after a crash past the knowledge requests) reuses the journal."""
+    from siked_runtime.stages.internalize import teacher_knowledge
+    from siked_runtime.storage import open_store
+    from siked_runtime.teachers.journal import Journal
+
+    KnowledgeServer.requests = 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KnowledgeServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    store = open_store(tmp_path.as_uri())
+    try:
+        spec = DistillationSpec.model_validate({
+            "method": "skintern", "student": {"model": "builtin:tiny-random"},
+            "teacher": {"kind": "openai", "model": "t", "endpoint": f"http://127.0.0.1:{httpd.server_address[1]}/v1"}})
+        records = [{"id": "a", "question": "He has 3 pairs of socks."}, {"id": "b", "question": "She has 5 pens."}]
+        first = teacher_knowledge(spec, records, {}, Journal(store, "teacher/journal"))
+        paid = KnowledgeServer.requests
+        again = teacher_knowledge(spec, records, {}, Journal(store, "teacher/journal"))
+    finally:
+        httpd.shutdown()
+    assert paid == 2 and KnowledgeServer.requests == 2  # the second pass sent nothing
+    assert again == first and first[0]["knowledge"] == "A pair is 2." and first[1]["source"] == "rules"
+    assert store.list("teacher/journal")  # kept in the stage's storage, where a rerun finds it
 
 
 # --- compression -------------------------------------------------------------------------------

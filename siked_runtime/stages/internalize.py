@@ -25,13 +25,22 @@ from siked_runtime.knowledge import (
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import log
 from siked_runtime.stages.data import train_questions
-from siked_runtime.storage import Store
+from siked_runtime.graph import TEACHER
+from siked_runtime.storage import JOURNAL, Store
+from siked_runtime.teachers.journal import Journal
 
 KNOWLEDGE = "teacher/knowledge.jsonl.gz"
+# The journal's `strategy` of a knowledge request: apart from the solutions' cot/l2m/pot.
+KNOWLEDGE_REQUEST = "knowledge"
 
 
-def teacher_knowledge(spec: DistillationSpec, records: list[dict], solutions: dict[str, str]) -> list[dict]:
-    """One knowledge row per record from the spec's teacher; `solutions` maps id → a verified solution."""
+def teacher_knowledge(spec: DistillationSpec, records: list[dict], solutions: dict[str, str],
+                      journal: Journal | None = None) -> list[dict]:
+    """One knowledge row per record from the spec's teacher; `solutions` maps id → a verified solution.
+
+    An `openai` teacher's replies go through `journal` (when given) as they arrive, as the
+    teacher stage's solutions do: a rerun after a crash reuses them instead of paying again.
+    A request that failed for good gets the rule-based knowledge, as a malformed reply does."""
     kind = spec.teacher.kind
     if kind == "oracle":
         return [oracle_knowledge(r) if r.get("meta", {}).get("graph") else rule_knowledge(r, solutions.get(r["id"]))
@@ -39,7 +48,15 @@ def teacher_knowledge(spec: DistillationSpec, records: list[dict], solutions: di
     if kind == "gold":
         return [rule_knowledge(r, solutions.get(r["id"])) for r in records]
     conversations = [knowledge_messages(r["question"], solutions.get(r["id"])) for r in records]
-    if kind == "openai":
+    if kind == "openai" and journal is not None:
+        from siked_runtime.teachers.openai_api import Ask, ChatClient, collect
+
+        asks = [Ask(r["id"], KNOWLEDGE_REQUEST, messages) for r, messages in zip(records, conversations, strict=True)]
+        batch = collect(ChatClient.from_spec(spec.teacher), asks, 1, journal)
+        replies = [(batch.entries[a.id, a.strategy] or [{"text": ""}])[0]["text"] for a in asks]
+        log(f"teacher: knowledge replies {len(asks) - len(batch.failures)}/{len(asks)} "
+            f"({batch.reused} from the journal, {len(batch.failures)} failed)")
+    elif kind == "openai":
         from siked_runtime.teachers.openai_api import ChatClient, ask
 
         replies = [texts[0] if texts else "" for texts in ask(ChatClient.from_spec(spec.teacher), conversations)]
@@ -57,7 +74,7 @@ def write_knowledge(spec: DistillationSpec, store: Store, records: list[dict], k
     for row in kept:  # a cot solution where there is one: it reads closest to the knowledge asked for
         if row["id"] not in solutions or row["strategy"] == "cot":
             solutions[row["id"]] = row["completion"]
-    rows = teacher_knowledge(spec, records, solutions)
+    rows = teacher_knowledge(spec, records, solutions, Journal(store, f"{TEACHER}/{JOURNAL}"))
     store.write_jsonl(KNOWLEDGE, rows)
     sources = Counter(r["source"] for r in rows)
     problems = sum(1 for r in rows if r.get("problem"))

@@ -25,11 +25,15 @@ def inference_prompt_tokens(spec: DistillationSpec, store: Store) -> dict:
     from siked_runtime.knowledge import knowledge_text
     from siked_runtime.retrieval import similar_examples
     from siked_runtime.stages.internalize import PromptBuilder, teacher_knowledge
+    from siked_runtime.storage import JOURNAL
     from siked_runtime.strategies import build_prompt
+    from siked_runtime.teachers.journal import Journal
 
     builder = PromptBuilder(spec, store)
     records = [r for rows in eval_sets(spec).values() for r in rows]
-    knowledge = teacher_knowledge(spec, records, solutions={})  # at inference the teacher sees the question only
+    # At inference the teacher sees the question only; its replies are journaled in this stage.
+    journal = Journal(store, f"{StageKey(REFERENCE).prefix}/{JOURNAL}")
+    knowledge = teacher_knowledge(spec, records, solutions={}, journal=journal)
     pool = builder.pool
     nearest = similar_examples(spec.skintern.retriever, [r["question"] for r in records], spec.skintern.examples,
                                pool=[builder.questions[i] for i in pool])
