@@ -11,8 +11,10 @@ same objective as TRL's loss with less than half the work:
 
     trainer = CompletionLossTrainer(model=..., args=SFTConfig(...), train_dataset=..., ...)
 
-On Triton devices, for models whose head needs logit soft-capping or scaling, and for
-evaluation calls that ask for outputs, it defers to TRL.
+The backbone runs through the wrapped model's forward (under DDP, the wrapper's, which
+synchronises gradients), asked for its hidden states and one position's logits. On Triton
+devices, for models whose head needs logit soft-capping or scaling, and for evaluation
+calls that ask for outputs, it defers to TRL; FSDP runs use TRL's loss (`training.py`).
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ class CompletionLossTrainer(SFTTrainer):
         backbone_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
         targets = inputs["labels"][:, 1:]
         mask = targets != -100
-        # The backbone is called directly, past the forward accelerate wrapped in the mixed-precision autocast.
+        # Through the wrapped model's own forward (DDP's, which is what synchronises the gradients), with the
+        # head applied to one position only; the final hidden states come back as the last `hidden_states`.
+        outputs = model(**backbone_inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        hidden = outputs.hidden_states[-1]
         with self.accelerator.autocast():
-            hidden = causal_lm.base_model(**backbone_inputs, use_cache=False).last_hidden_state
             logits = causal_lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
         log_probs = logits.log_softmax(dim=-1)
         picked = log_probs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)

@@ -275,9 +275,10 @@ def build_trainer(
     dataset = Dataset.from_list(
         [{"prompt": chat_prompt(tokenizer, r["prompt"]), "completion": r["completion"]} for r in rows]
     )
-    # CompletionLossTrainer runs the backbone past the DDP/FSDP wrapper's forward, which is what
-    # synchronises gradients (DDP) and gathers the root's shards (FSDP): several processes use TRL's loss.
-    trainer_class = CompletionLossTrainer if world_size() == 1 else SFTTrainer
+    # CompletionLossTrainer applies the head after the wrapped forward has returned: under FSDP the
+    # root's shards are not the model's to read then, so FSDP runs use TRL's loss.
+    fsdp = world_size() > 1 and training.distributed.strategy == "fsdp"
+    trainer_class = SFTTrainer if fsdp else CompletionLossTrainer
     return trainer_class(
         model=model,
         args=config,
