@@ -12,7 +12,9 @@ Runs the sample stage itself (`stages.sample.run_sample`) twice with the trained
 * baseline: `adaptiveBudget: false` — exactly k samples per question.
 
 The metric is the stage's own `tokens_per_correct`: tokens generated / correct samples kept.
-The goal also asks for equal or better coverage (questions with a correct sample).
+The goal also asks for equal or better coverage (questions with a correct sample). A
+question's j-th sample is the same draw in both runs, so with `giveUpAfter` = k the two
+solve the same questions and differ only in what ours does not draw.
 
     python -m benchmarks p6 --student runs/experiment/iteration0-s0/iter-000/train/model
 """

@@ -57,11 +57,15 @@ class Sampler(Protocol):
         top_p: float = 1.0,
         seed: int | None = None,
         seeds: Sequence[int] | None = None,
+        first_sample: Sequence[int] | None = None,
     ) -> list[list[str]]:
         """`n` completions for each prompt, in the order of `prompts`.
 
         `seeds` (one per prompt) makes each prompt's samples depend on its seed alone, not on
-        the other prompts of the call, where the backend can (the transformers sampler).
+        the other prompts of the call, where the backend can (the transformers sampler). With
+        `first_sample` (one per prompt, default 0) a prompt's completions are its samples
+        first_sample … first_sample + n − 1: drawing a prompt's samples one call at a time gives
+        the same samples as drawing them in one call.
         """
         ...
 
@@ -166,11 +170,11 @@ def _draw(scores: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.T
     return torch.minimum(picked, last).squeeze(1)
 
 
-def row_generators(seeds: Sequence[int], copies: int) -> list[torch.Generator]:
-    """One CPU generator per sequence: copy c of prompt i draws from seed (seeds[i], c) alone."""
+def row_generators(seeds: Sequence[int], copies: int, first: Sequence[int] | None = None) -> list[torch.Generator]:
+    """One CPU generator per sequence: copy c of prompt i draws from seed (seeds[i], first[i] + c) alone."""
     generators = []
-    for seed in seeds:
-        for copy in range(copies):
+    for i, seed in enumerate(seeds):
+        for copy in range(first[i] if first else 0, (first[i] if first else 0) + copies):
             generator = torch.Generator()
             generator.manual_seed((int(seed) * 1_000_003 + copy) % (2**63))
             generators.append(generator)
@@ -217,11 +221,14 @@ class TransformersSampler:
         top_p: float = 1.0,
         seed: int | None = None,
         seeds: Sequence[int] | None = None,
+        first_sample: Sequence[int] | None = None,
     ) -> list[list[str]]:
         if not prompts:
             return []
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"seeds: one per prompt, got {len(seeds)} for {len(prompts)} prompts")
+        if first_sample is not None and (seeds is None or len(first_sample) != len(prompts)):
+            raise ValueError("first_sample: one per prompt, with seeds")
         if seed is not None:
             torch.manual_seed(seed)  # without `seeds`, sampling draws from torch's global generator
         sample = temperature > 0
@@ -237,7 +244,8 @@ class TransformersSampler:
         done = 0
         for start in range(0, len(order), per_batch):
             batch = order[start : start + per_batch]
-            generators = row_generators([seeds[i] for i in batch], copies) if sample and seeds is not None else None
+            first = [first_sample[i] for i in batch] if first_sample is not None else None
+            generators = row_generators([seeds[i] for i in batch], copies, first) if sample and seeds is not None else None
             texts, new_tokens = self._generate_batch(
                 [prompts[i] for i in batch], copies, sample, temperature, top_p, max_new_tokens, generators)
             for j, i in enumerate(batch):
@@ -476,8 +484,9 @@ class VllmSampler:
         top_p: float = 1.0,
         seed: int | None = None,
         seeds: Sequence[int] | None = None,
+        first_sample: Sequence[int] | None = None,
     ) -> list[list[str]]:
-        # `seeds` is accepted and not used: requests share the engine's seed (the class docstring).
+        # `seeds` and `first_sample` are accepted and not used: requests share the engine's seed (the class docstring).
         if not prompts:
             return []
         copies = n if temperature > 0 else 1  # greedy: decode once, copy

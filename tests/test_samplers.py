@@ -78,6 +78,23 @@ def test_seeded_rows_do_not_depend_on_their_batch(tiny_sampler: TransformersSamp
         tiny_sampler.generate(prompts, n=1, temperature=1.0, seeds=[1])
 
 
+def test_samples_drawn_one_call_at_a_time_are_those_of_one_call(tiny_sampler: TransformersSampler) -> None:
+    # The adaptive budget draws a question's samples in rounds of one: with `first_sample`, its
+    # j-th sample is fixed k's j-th, whatever the other prompts of each call.
+    prompts = _prompts(tiny_sampler, QUESTIONS)
+    seeds = [21, 22, 23]
+    at_once = tiny_sampler.generate(prompts, n=3, temperature=1.0, max_new_tokens=8, seeds=seeds)
+    rounds = [tiny_sampler.generate(prompts[:j + 1], n=1, temperature=1.0, max_new_tokens=8, seeds=seeds[:j + 1],
+                                    first_sample=[j] * (j + 1)) for j in range(3)]
+    assert [r[0][0] for r in rounds] == at_once[0]  # prompt 0's samples 0, 1, 2, each in a call of its own
+    assert rounds[2][1][0] == at_once[1][2] and rounds[2][2][0] == at_once[2][2]
+    two = tiny_sampler.generate(prompts, n=2, temperature=1.0, max_new_tokens=8, seeds=seeds, first_sample=[1, 0, 1])
+    assert two == [at_once[0][1:], at_once[1][:2], at_once[2][1:]]
+    assert len(set(at_once[0])) > 1
+    with pytest.raises(ValueError, match="first_sample"):
+        tiny_sampler.generate(prompts, n=1, temperature=1.0, seeds=seeds, first_sample=[0])
+
+
 @contextmanager
 def _forward_calls(model: torch.nn.Module) -> Iterator[list[dict]]:
     """Records the inputs of each forward pass of `model`."""

@@ -52,16 +52,18 @@ class StudentGenerator:
                          f"{self._batch_tokens} tokens ({self._batch_tokens / elapsed:.0f} tok/s)")
 
     def generate(self, questions: list[str], n: int, temperature: float, max_new_tokens: int, what: str,
-                 seed: int = 0, prefill: str = "") -> list[list[str]]:
+                 seed: int = 0, prefill: str = "", first_sample: list[int] | None = None) -> list[list[str]]:
         """n completions per question; `prefill` starts the answer (e.g. a forced strategy tag) and is
-        part of each completion returned."""
+        part of each completion returned. `first_sample` (one per question): the index of the
+        question's first sample here, so that samples drawn over several calls are those one call draws."""
         self._what, self._start, self._batch_tokens = what, time.perf_counter(), 0
         self._bar = Progress(what, len(questions) * n, unit="sequence", count="{done}/{total} sequences")
         try:
             out = self.sampler.generate([self._format(q) + prefill for q in questions], n=n, temperature=temperature,
                                         max_new_tokens=max_new_tokens,
                                         top_p=self.spec.sampling.top_p if temperature > 0 else 1.0, seed=seed,
-                                        seeds=[question_seed(seed, q) for q in questions])
+                                        seeds=[question_seed(seed, q) for q in questions],
+                                        first_sample=first_sample)
         finally:
             self._bar.close()
         return [[prefill + c for c in cs] for cs in out] if prefill else out
