@@ -113,8 +113,10 @@ class KnowledgeServer(BaseHTTPRequestHandler):
         send_choices(self, [text])
 
 
-def test_openai_teacher_writes_knowledge_over_http():
+def test_openai_teacher_writes_knowledge_over_http(tmp_path):
     from siked_runtime.stages.internalize import teacher_knowledge
+    from siked_runtime.storage import open_store
+    from siked_runtime.teachers.journal import Journal
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), KnowledgeServer)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -123,7 +125,8 @@ def test_openai_teacher_writes_knowledge_over_http():
             "method": "skintern", "student": {"model": "builtin:tiny-random"},
             "teacher": {"kind": "openai", "model": "t", "endpoint": f"http://127.0.0.1:{httpd.server_address[1]}/v1"}})
         records = [{"id": "a", "question": "He has 3 pairs of socks."}, {"id": "b", "question": "She has 5 pens."}]
-        rows = teacher_knowledge(spec, records, {"a": "[cot]\n3 * 2 = 6\nAnswer: 6"})
+        rows = teacher_knowledge(spec, records, {"a": "[cot]\n3 * 2 = 6\nAnswer: 6"},
+                                 Journal(open_store(tmp_path.as_uri()), "teacher/journal"))
     finally:
         httpd.shutdown()
     assert rows[0]["source"] == "teacher" and rows[0]["knowledge"] == "A pair is 2."

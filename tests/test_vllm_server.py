@@ -33,6 +33,7 @@ from siked_runtime.stages.data import train_questions  # noqa: E402
 from siked_runtime.stages.internalize import teacher_knowledge  # noqa: E402
 from siked_runtime.storage import open_store, read_manifest  # noqa: E402
 from siked_runtime.teachers.fewshot import teacher_messages  # noqa: E402
+from siked_runtime.teachers.journal import Journal  # noqa: E402
 from siked_runtime.teachers.openai_api import ChatClient, TeacherAPIError, ask  # noqa: E402
 from siked_runtime.verification.verifier import VERDICTS  # noqa: E402
 
@@ -185,7 +186,8 @@ def test_knowledge_prompt_gets_a_reply_per_question(server, tmp_path):
     spec = spec_of(tmp_path, server.url, questions=3, maxTokens=96)
     records = [{"id": f"k{i}", "question": q} for i, q in enumerate(QUESTIONS[:3])]
     before = server.answered()
-    rows = teacher_knowledge(spec, records, {"k0": "[cot]\n2 + 3 = 5\nAnswer: 5"})
+    rows = teacher_knowledge(spec, records, {"k0": "[cot]\n2 + 3 = 5\nAnswer: 5"},
+                             Journal(open_store((tmp_path / "knowledge").as_uri()), "teacher/journal"))
     assert server.answered() - before == len(records)
     assert [r["id"] for r in rows] == ["k0", "k1", "k2"]
     # SmolLM2 may not keep the two-part format; then the rules fill in and quote the (non-empty) reply.

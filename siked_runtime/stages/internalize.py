@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 
 from siked_runtime.compression import number_strings
+from siked_runtime.graph import TEACHER
 from siked_runtime.internalization import examples_at, internalized_prompt
 from siked_runtime.knowledge import (
     knowledge_messages,
@@ -25,7 +26,6 @@ from siked_runtime.knowledge import (
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import log
 from siked_runtime.stages.data import train_questions
-from siked_runtime.graph import TEACHER
 from siked_runtime.storage import JOURNAL, Store
 from siked_runtime.teachers.journal import Journal
 
@@ -35,12 +35,12 @@ KNOWLEDGE_REQUEST = "knowledge"
 
 
 def teacher_knowledge(spec: DistillationSpec, records: list[dict], solutions: dict[str, str],
-                      journal: Journal | None = None) -> list[dict]:
+                      journal: Journal) -> list[dict]:
     """One knowledge row per record from the spec's teacher; `solutions` maps id → a verified solution.
 
-    An `openai` teacher's replies go through `journal` (when given) as they arrive, as the
-    teacher stage's solutions do: a rerun after a crash reuses them instead of paying again.
-    A request that failed for good gets the rule-based knowledge, as a malformed reply does."""
+    An `openai` teacher's replies go through `journal` as they arrive, as the teacher stage's
+    solutions do: a rerun after a crash reuses them instead of paying again. A request that
+    failed for good gets the rule-based knowledge, as a malformed reply does."""
     kind = spec.teacher.kind
     if kind == "oracle":
         return [oracle_knowledge(r) if r.get("meta", {}).get("graph") else rule_knowledge(r, solutions.get(r["id"]))
@@ -48,7 +48,7 @@ def teacher_knowledge(spec: DistillationSpec, records: list[dict], solutions: di
     if kind == "gold":
         return [rule_knowledge(r, solutions.get(r["id"])) for r in records]
     conversations = [knowledge_messages(r["question"], solutions.get(r["id"])) for r in records]
-    if kind == "openai" and journal is not None:
+    if kind == "openai":
         from siked_runtime.teachers.openai_api import Ask, ChatClient, collect
 
         asks = [Ask(r["id"], KNOWLEDGE_REQUEST, messages) for r, messages in zip(records, conversations, strict=True)]
@@ -56,10 +56,6 @@ def teacher_knowledge(spec: DistillationSpec, records: list[dict], solutions: di
         replies = [(batch.entries[a.id, a.strategy] or [{"text": ""}])[0]["text"] for a in asks]
         log(f"teacher: knowledge replies {len(asks) - len(batch.failures)}/{len(asks)} "
             f"({batch.reused} from the journal, {len(batch.failures)} failed)")
-    elif kind == "openai":
-        from siked_runtime.teachers.openai_api import ChatClient, ask
-
-        replies = [texts[0] if texts else "" for texts in ask(ChatClient.from_spec(spec.teacher), conversations)]
     else:
         from siked_runtime.teachers.local import ask_local
 

@@ -33,7 +33,7 @@ def inference_prompt_tokens(spec: DistillationSpec, store: Store) -> dict:
     records = [r for rows in eval_sets(spec).values() for r in rows]
     # At inference the teacher sees the question only; its replies are journaled in this stage.
     journal = Journal(store, f"{StageKey(REFERENCE).prefix}/{JOURNAL}")
-    knowledge = teacher_knowledge(spec, records, solutions={}, journal=journal)
+    knowledge = teacher_knowledge(spec, records, {}, journal)
     pool = builder.pool
     nearest = similar_examples(spec.skintern.retriever, [r["question"] for r in records], spec.skintern.examples,
                                pool=[builder.questions[i] for i in pool])
