@@ -174,7 +174,8 @@ def row_generators(seeds: Sequence[int], copies: int, first: Sequence[int] | Non
     """One CPU generator per sequence: copy c of prompt i draws from seed (seeds[i], first[i] + c) alone."""
     generators = []
     for i, seed in enumerate(seeds):
-        for copy in range(first[i] if first else 0, (first[i] if first else 0) + copies):
+        start = first[i] if first else 0
+        for copy in range(start, start + copies):
             generator = torch.Generator()
             generator.manual_seed((int(seed) * 1_000_003 + copy) % (2**63))
             generators.append(generator)
