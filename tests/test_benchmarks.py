@@ -72,3 +72,36 @@ def test_finished_share_counts_solutions_cut_at_their_answer_line() -> None:
 
     texts = [cut_finished("[cot]\n2 + 3 = 5\nAnswer: 5\nQuestion: next"), "[cot]\n2 + 3 =", "[pot]\nanswer = 5"]
     assert finished_share(texts) == 1 / 3
+
+
+def _draw(q: str, rnd: int, verdict: str, predicted: str | None = None, completion: str = "x") -> dict:
+    return {"id": q, "round": str(rnd), "verdict": verdict, "predicted": predicted, "completion": completion}
+
+
+def test_budget_trace_replays_lower_give_up_settings_exactly() -> None:
+    from benchmarks.budget_trace import first_failure_signals, hazard, replay, traces
+
+    rows = [  # out of order on purpose; "a" solved at draw 1, "b" at draw 3, "c" never (4 draws)
+        _draw("b", 2, "correct", "5", "one two"), _draw("a", 0, "correct", "1"),
+        _draw("b", 0, "wrong", "7"), _draw("b", 1, "wrong", "7"),
+        *[_draw("c", r, "no_answer" if r == 0 else "wrong", None if r == 0 else str(r)) for r in range(4)],
+    ]
+    by_q = traces(rows)
+    assert [r["round"] for r in by_q["b"]] == ["0", "1", "2"]
+
+    def words(row: dict) -> int:
+        return len(row["completion"].split())
+
+    cut = {g: replay(by_q, g, words) for g in (1, 2, 3, 4)}
+    assert [cut[g]["questions_solved"] for g in (1, 2, 3, 4)] == [1, 1, 2, 2]
+    assert [cut[g]["samples"] for g in (1, 2, 3, 4)] == [3, 5, 7, 8]
+    assert cut[3]["tokens"] == 1 + 1 + 1 + 2 + 1 + 1 + 1  # "b"'s correct draw has two words
+    assert cut[3]["tokens_per_correct"] == 8 / 2
+    assert hazard(by_q, 4) == [
+        {"draw": 1, "open": 3, "solved": 1, "rate": 1 / 3}, {"draw": 2, "open": 2, "solved": 0, "rate": 0.0},
+        {"draw": 3, "open": 2, "solved": 1, "rate": 0.5}, {"draw": 4, "open": 1, "solved": 0, "rate": 0.0}]
+    assert first_failure_signals(by_q) == {
+        "first draw wrong": {"solved later": 1, "never solved": 0},
+        "first draw no_answer": {"solved later": 0, "never solved": 1},
+        "first two wrong, same answer": {"solved later": 1, "never solved": 0},
+        "first two wrong, different answers": {"solved later": 0, "never solved": 1}}
