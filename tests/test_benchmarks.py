@@ -105,3 +105,37 @@ def test_budget_trace_replays_lower_give_up_settings_exactly() -> None:
         "first draw no_answer": {"solved later": 0, "never solved": 1},
         "first two wrong, same answer": {"solved later": 1, "never solved": 0},
         "first two wrong, different answers": {"solved later": 0, "never solved": 1}}
+
+
+def test_tag_margin_summarises_per_family_and_flags_knife_edges() -> None:
+    from benchmarks.tag_margin import summarise
+
+    probs = [{"cot": 0.5, "l2m": 0.4, "pot": 0.1},   # top two 0.1 apart: knife-edge
+             {"cot": 0.1, "l2m": 0.1, "pot": 0.8},
+             {"cot": 0.2, "l2m": 0.7, "pot": 0.1}]
+    out = summarise(probs, ["a", "a", "b"])
+    assert out["a"]["n"] == 2 and out["all"]["n"] == 3
+    assert out["a"]["mean"] == pytest.approx({"cot": 0.3, "l2m": 0.25, "pot": 0.45})
+    assert out["a"]["greedy"] == {"cot": 0.5, "l2m": 0.0, "pot": 0.5}
+    assert out["a"]["knife_edge"] == 0.5 and out["b"]["knife_edge"] == 0.0
+    assert out["all"]["knife_edge"] == pytest.approx(1 / 3)
+
+
+def test_tag_probabilities_are_the_models_next_token_odds_after_the_bracket() -> None:
+    import torch
+
+    from benchmarks.tag_margin import tag_probabilities
+    from siked_runtime.models import chat_prompt, load_student
+    from siked_runtime.strategies import STRATEGIES, build_prompt
+
+    model, tokenizer = load_student("builtin:smollm2-135m-instruct", dtype="float32", device="cpu")
+    questions = ["Tom has 3 apples and buys 4 more. How many now?", "A van holds 7 people. How many vans for 30?"]
+    got = tag_probabilities(model, tokenizer, questions, batch_size=2)  # padded batch
+    for question, probs in zip(questions, got):
+        ids = tokenizer(chat_prompt(tokenizer, build_prompt(question)) + "[", return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**ids).logits[0, -1]
+        cols = [tokenizer(f"[{s}]", add_special_tokens=False)["input_ids"][1] for s in STRATEGIES]
+        expected = torch.softmax(logits[cols], dim=-1).tolist()
+        assert [probs[s] for s in STRATEGIES] == pytest.approx(expected, abs=1e-4)
+        assert sum(probs.values()) == pytest.approx(1.0)
