@@ -41,7 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from siked_runtime.graph import EVAL, TEACHER, TRAIN, VALIDATION, StageKey
+from siked_runtime.graph import EVAL, SAMPLE, TEACHER, TRAIN, VALIDATION, StageKey
 from siked_runtime.local_runner import run_local
 from siked_runtime.spec import DistillationRun, parse_manifest
 from siked_runtime.stages.common import log
@@ -133,6 +133,7 @@ _NO_EARLY_STOP = {"iterations": {"earlyStopping": {"patience": None}, "targetAcc
 # What iteration 0 is made of; an arm that changes any of these cannot branch from it.
 _ITERATION0_FIELDS = ("teacher", "student", "strategies", "datasets")
 ITERATION0_PREFIXES = (StageKey(TEACHER).prefix, StageKey(TRAIN, 0).prefix, StageKey(EVAL, 0).prefix)
+SAMPLE1_PREFIX = StageKey(SAMPLE, 1).prefix
 
 
 def branches(run: DistillationRun) -> bool:
@@ -193,20 +194,44 @@ def link_iteration0(shared_dir: Path, run_dir: Path) -> None:
     """Give a branching arm the shared teacher, train[0] and eval[0] stages (hard links: no copies
     of the model; later stages never write into them)."""
     for prefix in ITERATION0_PREFIXES:
-        source, target = shared_dir / prefix, run_dir / prefix
-        if (target / "manifest.json").exists():
+        link_stage(shared_dir, run_dir, prefix)
+
+
+def sampling_donor(run: DistillationRun, earlier: list[tuple[DistillationRun, Path]]) -> Path | None:
+    """The run directory whose sample[1] this branching arm would draw again, if any.
+
+    Branching arms start iteration 1 from the same model; when two of them differ only in how
+    they mix (`mixing`), their sample[1] stages draw the same samples (seeded draws), so the later
+    arm reuses the earlier one's: the comparison between mixing policies is then paired on the very
+    same self-samples, and each seed samples once. A `teacher`-policy arm samples nothing."""
+    if not branches(run) or run.spec.mixing.policy == "teacher":
+        return None
+    for donor, donor_dir in earlier:
+        if not branches(donor) or donor.spec.mixing.policy == "teacher":
             continue
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        same = donor.spec.model_copy(update={"mixing": run.spec.mixing}) == run.spec
+        if same and (donor_dir / SAMPLE1_PREFIX / "manifest.json").exists():
+            return donor_dir
+    return None
 
-        def link(src, dst):
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
 
-        shutil.copytree(source, target, copy_function=link)
+def link_stage(source_dir: Path, run_dir: Path, prefix: str) -> None:
+    """Give a run another run's finished stage under `prefix` (hard links: no copies; stages
+    never write into a finished stage). A stage the run already finished is kept."""
+    source, target = source_dir / prefix, run_dir / prefix
+    if (target / "manifest.json").exists():
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link)
 
 
 # --- what a finished run says ------------------------------------------------------------------
@@ -370,6 +395,7 @@ def summarize(name: str, experiment: ExperimentSpec, results: list[dict], famili
             "best_on_validation": {s: _spread([it["eval"][s] for it in chosen if s in it["eval"]]) for s in sets},
             "seconds": _spread([r["seconds"] for r in mine]),
             "own_seconds": _spread([r["own_seconds"] for r in mine]),
+            "sample_from": sorted({r["sample_from"] for r in mine if r.get("sample_from")}),
             "iterations": _iterations(mine, test_sets, families, best),
         }
     reference = [r for r in results if r["arm"] == experiment.reference]
@@ -491,6 +517,7 @@ def run_experiment(path: str | Path, out_dir: str | Path, budget: str | None = N
                                       f"{pilot_doc['gate']['reason']}")
                 write_experiment_report(summary, out)
                 return summary
+        earlier: list[tuple[DistillationRun, Path]] = []
         for arm, arm_seed, run in runs:
             if arm_seed != seed:
                 continue
@@ -502,9 +529,15 @@ def run_experiment(path: str | Path, out_dir: str | Path, budget: str | None = N
                 f"{', from the shared iteration 0' if shares else ''}) in {run_dir}")
             if shares:
                 link_iteration0(shared_dir, run_dir)
+            donor = sampling_donor(run, earlier)
+            if donor is not None:
+                log(f"experiment {name}: {run.metadata.name} reuses {donor.name}'s sample[1] (same model, same draws)")
+                link_stage(donor, run_dir, SAMPLE1_PREFIX)
             run_local(run, run_dir)
+            earlier.append((run, run_dir))
             results.append({"arm": arm.name, "seed": seed, "dir": str(run_dir), "branches": shares,
                             "steps_per_stage": run.spec.training.max_steps,
+                            "sample_from": donor.name if donor is not None else None,
                             **collect(run, run_dir, shares)})
             write_experiment_report(summarize(name, experiment, results, families, pilot_doc, untrained(out)), out)
     summary = summarize(name, experiment, results, families, pilot_doc, untrained(out))

@@ -101,12 +101,23 @@ def _primary(summary: dict) -> list[str]:
     return lines
 
 
+def _shared_samples(summary: dict) -> str:
+    """A sentence naming the arms that reuse another arm's sample[1] (same model, same draws)."""
+    reused = {name: arm.get("sample_from") for name, arm in summary["arms"].items() if arm.get("sample_from")}
+    if not reused:
+        return ""
+    return (" " + "; ".join(f"`{name}` trains on the self-samples of {', '.join(f'`{d}`' for d in donors)}"
+                            for name, donors in reused.items())
+            + " (its sample[1] stage, reused: the same model and the same seeded draws), so those arms differ only "
+            "in how they mix; the stage's seconds count in each.")
+
+
 def _per_iteration(summary: dict) -> list[str]:
     sets = _sets(summary)
     lines = ["## Per iteration (means over seeds)", "",
              "Routing share: how often the student picks the strategy the pilot found best for the question's "
              "family (test questions). Rows: teacher / self rows trained on, and the self rows that reproduce a "
-             "teacher row verbatim.", "",
+             "teacher row verbatim." + _shared_samples(summary), "",
              "| arm | it | " + " | ".join(sets) + " | routing | α | teacher / self / reproduced rows | samples "
              "(solved q) | train cot/l2m/pot | student cot/l2m/pot | steps | s |",
              "|---|---|" + "---|" * len(sets) + "---|---|---|---|---|---|---|---|"]

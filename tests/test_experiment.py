@@ -163,3 +163,25 @@ def test_tiny_experiment_pilot_branches_from_iteration0_reports_and_resumes(tmp_
     again = {d.name: {k: m["published_at"] for k, m in list_manifests(open_store(str(d))).items()}
              for d in out.iterdir() if d.is_dir()}
     assert again == published
+
+
+def test_arms_that_differ_only_in_mixing_reuse_one_sample_stage(tmp_path: Path) -> None:
+    arms = [{"name": "combined", "patch": {"method": "siked", "mixing": {"policy": "teacher"}}},
+            {"name": "siked-all", "patch": {"method": "siked", "mixing": {"policy": "all"}}},
+            {"name": "siked-adaptive", "patch": {"method": "siked", "mixing": {"policy": "adaptive"}}},
+            {"name": "siked-hot", "patch": {"method": "siked", "mixing": {"policy": "adaptive"},
+                                            "iterations": {"temperature": 1.0}}}]
+    out = tmp_path / "out"
+    summary = run_experiment(_experiment(tmp_path, seeds=[0], arms=arms), out)
+    sample = "iter-001/sample/all.jsonl.gz"
+    combined = json.loads((out / "combined-s0" / "iter-001" / "sample" / "manifest.json").read_text())
+    assert combined["samples"] == 0  # the teacher policy samples nothing, and lends nothing
+    # same model, same draws: one stage, hard-linked; a different temperature draws its own
+    assert (out / "siked-adaptive-s0" / sample).stat().st_ino == (out / "siked-all-s0" / sample).stat().st_ino
+    assert (out / "siked-hot-s0" / sample).stat().st_ino != (out / "siked-all-s0" / sample).stat().st_ino
+    assert summary["arms"]["siked-adaptive"]["sample_from"] == ["siked-all-s0"]
+    assert summary["arms"]["siked-all"]["sample_from"] == summary["arms"]["siked-hot"]["sample_from"] == []
+    # the reused stage feeds the arm's own mixing: its training data is its own
+    for arm in ("siked-all", "siked-adaptive"):
+        assert (out / f"{arm}-s0" / "iter-001" / "train" / "manifest.json").exists()
+    assert "`siked-adaptive` trains on the self-samples of `siked-all-s0`" in (out / "experiment.md").read_text()
