@@ -201,15 +201,16 @@ def sampling_donor(run: DistillationRun, earlier: list[tuple[DistillationRun, Pa
     """The run directory whose sample[1] this branching arm would draw again, if any.
 
     Branching arms start iteration 1 from the same model; when two of them differ only in how
-    they mix (`mixing`), their sample[1] stages draw the same samples (seeded draws), so the later
-    arm reuses the earlier one's: the comparison between mixing policies is then paired on the very
-    same self-samples, and each seed samples once. A `teacher`-policy arm samples nothing."""
+    they mix (`mixing`) or train after iteration 0 (`training`), their sample[1] stages draw the
+    same samples (seeded draws), so the later arm reuses the earlier one's: the comparison between
+    them is then paired on the very same self-samples, and each seed samples once. A
+    `teacher`-policy arm samples nothing."""
     if not branches(run) or run.spec.mixing.policy == "teacher":
         return None
     for donor, donor_dir in earlier:
         if not branches(donor) or donor.spec.mixing.policy == "teacher":
             continue
-        same = donor.spec.model_copy(update={"mixing": run.spec.mixing}) == run.spec
+        same = donor.spec.model_copy(update={"mixing": run.spec.mixing, "training": run.spec.training}) == run.spec
         if same and (donor_dir / SAMPLE1_PREFIX / "manifest.json").exists():
             return donor_dir
     return None

@@ -109,7 +109,7 @@ def _shared_samples(summary: dict) -> str:
     return (" " + "; ".join(f"`{name}` trains on the self-samples of {', '.join(f'`{d}`' for d in donors)}"
                             for name, donors in reused.items())
             + " (its sample[1] stage, reused: the same model and the same seeded draws), so those arms differ only "
-            "in how they mix; the stage's seconds count in each.")
+            "in how they mix or train after iteration 0; the stage's seconds count in each.")
 
 
 def _per_iteration(summary: dict) -> list[str]:

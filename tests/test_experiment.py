@@ -165,12 +165,13 @@ def test_tiny_experiment_pilot_branches_from_iteration0_reports_and_resumes(tmp_
     assert again == published
 
 
-def test_arms_that_differ_only_in_mixing_reuse_one_sample_stage(tmp_path: Path) -> None:
+def test_arms_that_differ_only_in_mixing_or_training_reuse_one_sample_stage(tmp_path: Path) -> None:
     arms = [{"name": "combined", "patch": {"method": "siked", "mixing": {"policy": "teacher"}}},
             {"name": "siked-all", "patch": {"method": "siked", "mixing": {"policy": "all"}}},
             {"name": "siked-adaptive", "patch": {"method": "siked", "mixing": {"policy": "adaptive"}}},
             {"name": "siked-hot", "patch": {"method": "siked", "mixing": {"policy": "adaptive"},
-                                            "iterations": {"temperature": 1.0}}}]
+                                            "iterations": {"temperature": 1.0}}},
+            {"name": "siked-slow", "patch": {"method": "siked", "training": {"learningRate": 0.0001}}}]
     out = tmp_path / "out"
     summary = run_experiment(_experiment(tmp_path, seeds=[0], arms=arms), out)
     sample = "iter-001/sample/all.jsonl.gz"
@@ -180,6 +181,8 @@ def test_arms_that_differ_only_in_mixing_reuse_one_sample_stage(tmp_path: Path) 
     assert (out / "siked-adaptive-s0" / sample).stat().st_ino == (out / "siked-all-s0" / sample).stat().st_ino
     assert (out / "siked-hot-s0" / sample).stat().st_ino != (out / "siked-all-s0" / sample).stat().st_ino
     assert summary["arms"]["siked-adaptive"]["sample_from"] == ["siked-all-s0"]
+    assert summary["arms"]["siked-slow"]["sample_from"] == ["siked-all-s0"]  # training after iteration 0 only
+    assert (out / "siked-slow-s0" / sample).stat().st_ino == (out / "siked-all-s0" / sample).stat().st_ino
     assert summary["arms"]["siked-all"]["sample_from"] == summary["arms"]["siked-hot"]["sample_from"] == []
     # the reused stage feeds the arm's own mixing: its training data is its own
     for arm in ("siked-all", "siked-adaptive"):
