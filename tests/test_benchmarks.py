@@ -139,3 +139,15 @@ def test_tag_probabilities_are_the_models_next_token_odds_after_the_bracket() ->
         expected = torch.softmax(logits[cols], dim=-1).tolist()
         assert [probs[s] for s in STRATEGIES] == pytest.approx(expected, abs=1e-4)
         assert sum(probs.values()) == pytest.approx(1.0)
+
+
+def test_forced_tag_compares_on_the_first_questions_of_each_family() -> None:
+    from benchmarks.forced_tag import first_per_family, own_choice
+
+    records = [{"id": str(i), "meta": {"family": "ab"[i % 2]}} for i in range(7)]
+    chosen = first_per_family(records, 2)
+    assert [r["id"] for r in chosen] == ["0", "1", "2", "3"]
+    predictions = {"0": {"verdict": "correct"}, "1": {"verdict": "wrong"}, "2": {"verdict": "wrong"},
+                   "3": {"verdict": "correct"}}
+    assert own_choice(predictions, chosen) == {"a": {"correct": 1, "n": 2, "accuracy": 0.5},
+                                               "b": {"correct": 1, "n": 2, "accuracy": 0.5}}
