@@ -16,17 +16,16 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
 from siked_runtime.graph import EVAL, TRAIN, StageKey
+from siked_runtime.local_runner import saved_run
 from siked_runtime.pilot import family_of, forced_rows, tabulate
-from siked_runtime.spec import parse_manifest
 from siked_runtime.stages.common import local_model
 from siked_runtime.stages.data import eval_sets
 from siked_runtime.storage import open_store
 
 
 def first_per_family(records: list[dict], per_family: int) -> list[dict]:
+    """The first `per_family` records of each family, in their order."""
     taken: dict[str, int] = defaultdict(int)
     out = []
     for r in records:
@@ -38,14 +37,8 @@ def first_per_family(records: list[dict], per_family: int) -> list[dict]:
 
 def own_choice(predictions: dict[str, dict], records: list[dict]) -> dict[str, dict]:
     """{family: {"correct", "n", "accuracy"}} of the student's own greedy answers."""
-    table: dict[str, dict] = {}
-    for r in records:
-        cell = table.setdefault(family_of(r), {"correct": 0, "n": 0})
-        cell["n"] += 1
-        cell["correct"] += predictions[r["id"]]["verdict"] == "correct"
-    for cell in table.values():
-        cell["accuracy"] = cell["correct"] / cell["n"]
-    return table
+    rows = [{"family": family_of(r), "forced": "own", "verdict": predictions[r["id"]]["verdict"]} for r in records]
+    return {family: cells["own"] for family, cells in tabulate(rows).items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|" + "---|" * len(args.strategies))
     for run in args.runs:
         store = open_store(run)
-        spec = parse_manifest(yaml.safe_load(store.get_text("spec.yaml")), "spec.yaml").spec
+        spec = saved_run(store).spec
         name = spec.datasets.eval[0].name
         records = first_per_family(eval_sets(spec)[name], args.per_family)
         predictions = {r["id"]: r for r in store.read_jsonl(

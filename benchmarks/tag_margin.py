@@ -18,11 +18,11 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
+from benchmarks.forced_tag import first_per_family
 from siked_runtime.graph import TRAIN, StageKey
+from siked_runtime.local_runner import saved_run
 from siked_runtime.models import chat_prompt, load_student
-from siked_runtime.spec import parse_manifest
+from siked_runtime.pilot import family_of
 from siked_runtime.stages.common import local_model
 from siked_runtime.stages.data import eval_sets
 from siked_runtime.storage import open_store
@@ -89,20 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict] = {}
     for run in args.runs:
         store = open_store(run)
-        spec = parse_manifest(yaml.safe_load(store.get_text("spec.yaml")), "spec.yaml").spec
+        spec = saved_run(store).spec
         name = args.set or spec.datasets.eval[0].name
-        taken: dict[str, int] = defaultdict(int)
-        records = []
-        for r in eval_sets(spec)[name]:
-            family = r.get("meta", {}).get("family", "all")
-            if taken[family] < args.per_family:
-                taken[family] += 1
-                records.append(r)
+        records = first_per_family(eval_sets(spec)[name], args.per_family)
         for iteration in args.iterations:
             model, tokenizer = load_student(str(local_model(store, StageKey(TRAIN, iteration).prefix)), dtype="float32")
             probs = tag_probabilities(model, tokenizer, [r["question"] for r in records])
             label = f"{Path(run).name} iteration {iteration}"
-            results[label] = summarise(probs, [r.get("meta", {}).get("family", "all") for r in records])
+            results[label] = summarise(probs, [family_of(r) for r in records])
             print(render({label: results[label]}), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -129,17 +129,12 @@ def cmd_stage(args) -> int:
 
 
 def cmd_report(args) -> int:
-    import yaml
-
-    from siked_runtime.local_runner import SPEC_KEY
+    from siked_runtime.local_runner import saved_run
     from siked_runtime.report import write_report
-    from siked_runtime.spec import parse_manifest
     from siked_runtime.storage import open_store
 
     store = open_store(args.dir)
-    if not store.exists(SPEC_KEY):
-        raise FileNotFoundError(f"{store.url(SPEC_KEY)} not found: not a run directory")
-    run = parse_manifest(yaml.safe_load(store.get_text(SPEC_KEY)), store.url(SPEC_KEY))
+    run = saved_run(store)
     write_report(run.spec, store, run.metadata.name)
     print(store.get_text("report.md"))
     return 0

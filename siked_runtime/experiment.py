@@ -205,10 +205,13 @@ def sampling_donor(run: DistillationRun, earlier: list[tuple[DistillationRun, Pa
     same samples (seeded draws), so the later arm reuses the earlier one's: the comparison between
     them is then paired on the very same self-samples, and each seed samples once. A
     `teacher`-policy arm samples nothing."""
-    if not branches(run) or run.spec.mixing.policy == "teacher":
+    def samples_after_iteration0(r: DistillationRun) -> bool:
+        return branches(r) and r.spec.mixing.policy != "teacher"
+
+    if not samples_after_iteration0(run):
         return None
     for donor, donor_dir in earlier:
-        if not branches(donor) or donor.spec.mixing.policy == "teacher":
+        if not samples_after_iteration0(donor):
             continue
         same = donor.spec.model_copy(update={"mixing": run.spec.mixing, "training": run.spec.training}) == run.spec
         if same and (donor_dir / SAMPLE1_PREFIX / "manifest.json").exists():

@@ -68,10 +68,17 @@ def with_limit(run: DistillationRun, limit: int) -> DistillationRun:
     return run.model_copy(update={"spec": run.spec.model_copy(update={"datasets": datasets})})
 
 
+def saved_run(store: Store) -> DistillationRun:
+    """The run a run directory holds (its `spec.yaml`); a clear error when it is not one."""
+    if not store.exists(SPEC_KEY):
+        raise FileNotFoundError(f"{store.url(SPEC_KEY)} not found: not a run directory")
+    return parse_manifest(yaml.safe_load(store.get_text(SPEC_KEY)), store.url(SPEC_KEY))
+
+
 def stored_run(store: Store, run: DistillationRun) -> DistillationRun:
     """The run as saved in storage; a different spec for the same directory is refused."""
     if store.exists(SPEC_KEY):
-        saved = parse_manifest(yaml.safe_load(store.get_text(SPEC_KEY)), store.url(SPEC_KEY))
+        saved = saved_run(store)
         if saved.spec != run.spec:
             raise ValueError(
                 f"{store.uri} already holds a run with a different spec; use another --dir, "

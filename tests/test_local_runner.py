@@ -151,3 +151,14 @@ def test_sharded_stage_runs_its_parts_as_processes_and_redoes_only_failed_ones(t
     assert read_manifest(store, "iter-001/sample/parts/0")["published_at"] == first["published_at"]
     err = capsys.readouterr().err
     assert "3 parts, 1 done before; running 2" in err and "part 2 done" in err and "(3/3 parts done)" in err
+
+
+def test_saved_run_reads_a_run_directory_and_refuses_anything_else(tmp_path) -> None:
+    from siked_runtime.local_runner import SPEC_KEY, saved_run
+
+    store = open_store(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        saved_run(store)
+    run = load_manifest(ROOT / "examples" / "smoke.yaml")
+    store.put_text(SPEC_KEY, yaml.safe_dump(run.to_manifest(), sort_keys=False))
+    assert saved_run(store).spec == run.spec
