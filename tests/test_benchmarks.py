@@ -151,3 +151,45 @@ def test_forced_tag_compares_on_the_first_questions_of_each_family() -> None:
                    "3": {"verdict": "correct"}}
     assert own_choice(predictions, chosen) == {"a": {"correct": 1, "n": 2, "accuracy": 0.5},
                                                "b": {"correct": 1, "n": 2, "accuracy": 0.5}}
+
+
+def test_batch_mix_summarises_what_the_steps_saw() -> None:
+    from benchmarks.batch_mix import summarise
+
+    rows = [{"strategy": "cot", "source": "teacher"}, {"strategy": "pot", "source": "self"},
+            {"strategy": "pot", "source": "teacher"}, {"strategy": "l2m", "source": "teacher"}]
+    steps = [{"rows": [0, 1], "tokens": 10, "learning_rate": 3.0}, {"rows": [1, 3], "tokens": 7, "learning_rate": 1.0}]
+    out = summarise(rows, steps)
+    assert out["file"] == {"cot": 0.25, "l2m": 0.25, "pot": 0.5}
+    assert out["seen"] == {"cot": 0.25, "l2m": 0.25, "pot": 0.5} and out["seen_rows"] == 4
+    assert out["distinct_seen"] == 3 and out["self_seen"] == 2 and out["tokens"] == 17
+    assert out["lr_weighted"] == {"cot": 0.375, "l2m": 0.125, "pot": 0.5}  # (3, 1, 3 + 1) / 8
+
+
+def test_batch_mix_replays_the_trainers_own_batches(tmp_path: Path) -> None:
+    """The replay draws exactly the batches a real training run of the same rows and seed trains on."""
+    from benchmarks.batch_mix import replay_batches
+    from siked_runtime.models import resolve_model
+    from siked_runtime.spec import LoraSpec, StudentSpec, TrainingSpec
+    from siked_runtime.strategies import build_prompt, format_solution
+    from siked_runtime.training import train_sft
+
+    tiny = resolve_model("builtin:tiny-random", cache_dir=tmp_path / "models")
+    rows = []
+    for i in range(10):  # three strategies of different lengths, so batches group by length
+        strategy = ("cot", "l2m", "pot")[i % 3]
+        body = " then ".join([f"add {i}"] * (1 + 3 * (i % 3)))
+        rows.append({"prompt": build_prompt(f"Question {i}: what is {i} + {i}?"), "strategy": strategy,
+                     "completion": format_solution(strategy, body, 2 * i)})
+    # No dropout: the replay skips the forward passes, so it is exact past the first epoch only
+    # when the steps draw no random numbers (the shipped examples train LoRA without dropout).
+    student = StudentSpec(model="builtin:tiny-random", finetune="lora", lora=LoraSpec(dropout=0.0))
+    training = TrainingSpec(max_steps=4, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, lr_scheduler="linear")
+    trained = train_sft(tiny, rows, tmp_path / "model", student, training, seed=3)
+    steps = replay_batches(tiny, rows, student, training, seed=3)
+    assert len(steps) == trained["steps"] == 4
+    assert sum(s["tokens"] for s in steps) == trained["tokens"]
+    # Ten rows in batches of four: one epoch is three steps (4, 4, 2), each row exactly once.
+    assert [len(s["rows"]) for s in steps[:3]] == [4, 4, 2]
+    assert sorted(i for s in steps[:3] for i in s["rows"]) == list(range(10))
+    assert [s["learning_rate"] for s in steps] == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
