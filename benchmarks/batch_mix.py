@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
-from siked_runtime.graph import EVAL, TRAIN, StageKey
+from siked_runtime.graph import EVAL, TRAIN, VALIDATION, StageKey
 from siked_runtime.local_runner import saved_run
+from siked_runtime.pilot import family_of
+from siked_runtime.stages.data import eval_sets, train_questions
 from siked_runtime.storage import open_store
 from siked_runtime.strategies import STRATEGIES
 
@@ -72,24 +74,33 @@ def shares(counts: Counter) -> dict[str, float]:
     return {s: round(counts.get(s, 0) / total, 3) for s in STRATEGIES}
 
 
-def summarise(rows: list[dict], steps: list[dict]) -> dict:
-    """Strategy shares of the file, of the rows seen, and weighted by learning rate; self rows seen."""
+def summarise(rows: list[dict], steps: list[dict], family: dict[str, str] | None = None) -> dict:
+    """Strategy shares of the file, of the rows seen (also per family of the row's question), and
+    weighted by learning rate; self rows seen."""
     seen, weighted, sources = Counter(), Counter(), Counter()
+    per_family: dict[str, Counter] = defaultdict(Counter)
     for step in steps:
         for i in step["rows"]:
             seen[rows[i]["strategy"]] += 1
             weighted[rows[i]["strategy"]] += step["learning_rate"]
             sources[rows[i].get("source", "teacher")] += 1
+            per_family[(family or {}).get(rows[i]["id"], "all")][rows[i]["strategy"]] += 1
     return {"file": shares(Counter(r["strategy"] for r in rows)), "file_rows": len(rows),
             "seen": shares(seen), "seen_rows": sum(seen.values()), "distinct_seen": len({i for s in steps
                                                                                        for i in s["rows"]}),
             "lr_weighted": shares(weighted), "self_seen": sources.get("self", 0),
-            "tokens": sum(s["tokens"] for s in steps)}
+            "tokens": sum(s["tokens"] for s in steps),
+            "families": {f: {"seen_rows": sum(c.values()), "seen": shares(c)} for f, c in sorted(per_family.items())}}
 
 
-def chosen(store, iteration: int, name: str) -> dict[str, float]:
-    rows = store.read_jsonl(f"{StageKey(EVAL, iteration).prefix}/predictions-{name}.jsonl.gz")
-    return shares(Counter(r.get("strategy") for r in rows))
+def chosen(predictions: list[dict], family: dict[str, str]) -> dict[str, dict]:
+    """The student's strategy shares on a test set, overall ("all") and per family."""
+    groups: dict[str, Counter] = defaultdict(Counter)
+    for p in predictions:
+        groups["all"][p.get("strategy")] += 1
+        if family.get(p["id"], "all") != "all":
+            groups[family[p["id"]]][p.get("strategy")] += 1
+    return {f: {"n": sum(c.values()), **shares(c)} for f, c in groups.items()}
 
 
 def measure(run_dir: Path, iteration: int) -> dict:
@@ -99,25 +110,37 @@ def measure(run_dir: Path, iteration: int) -> dict:
     manifest = store.get_json(f"{prefix}/manifest.json")
     rows = store.read_jsonl(f"{prefix}/data.jsonl.gz")
     steps = replay_batches(manifest["base_model"], rows, run.spec.student, run.spec.training, run.spec.seed + iteration)
-    out = summarise(rows, steps)
+    out = summarise(rows, steps, {r["id"]: family_of(r) for r in train_questions(run.spec)})
     expected = manifest["training"]["tokens"]
     if out["tokens"] != expected:
         raise RuntimeError(f"{run_dir}: the replay drew {out['tokens']} tokens, the stage trained on {expected}: "
                            "not the same batches (another library version or configuration?)")
-    test = run.spec.datasets.eval[0].name if run.spec.datasets.eval else "validation"
-    return {"run": run_dir.name, "iteration": iteration, **out, "chosen": chosen(store, iteration, test),
-            "steps": len(steps)}
+    sets = eval_sets(run.spec)
+    test = next((name for name in sets if name != VALIDATION), VALIDATION)
+    records = sets[test]
+    predictions = store.read_jsonl(f"{StageKey(EVAL, iteration).prefix}/predictions-{test}.jsonl.gz")
+    return {"run": run_dir.name, "iteration": iteration, **out, "steps": len(steps),
+            "chosen": chosen(predictions, {r["id"]: family_of(r) for r in records})}
 
 
 def render(results: list[dict]) -> str:
     def mix(d: dict) -> str:
         return " / ".join(f"{d[s]:.2f}" for s in STRATEGIES)
 
-    lines = ["| run | rows in file | file cot / l2m / pot | rows seen (distinct) | seen cot / l2m / pot | "
+    lines = ["| run | rows in file | file cot / l2m / pot | rows seen (distinct texts) | seen cot / l2m / pot | "
              "LR-weighted | self rows seen | test choice cot / l2m / pot |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['run']} | {r['file_rows']} | {mix(r['file'])} | {r['seen_rows']} ({r['distinct_seen']}) "
-                     f"| {mix(r['seen'])} | {mix(r['lr_weighted'])} | {r['self_seen']} | {mix(r['chosen'])} |")
+                     f"| {mix(r['seen'])} | {mix(r['lr_weighted'])} | {r['self_seen']} | {mix(r['chosen']['all'])} |")
+    lines += ["", "Per family: the rows seen (by the family of their question) and the student's choice on the "
+              "test questions of that family.", "",
+              "| run | family | rows seen | seen cot / l2m / pot | test questions | test choice cot / l2m / pot |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        for f, fam in r["families"].items():
+            choice = r["chosen"].get(f)
+            lines.append(f"| {r['run']} | {f} | {fam['seen_rows']} | {mix(fam['seen'])} | "
+                         f"{choice['n'] if choice else 0} | {mix(choice) if choice else '–'} |")
     return "\n".join(lines)
 
 

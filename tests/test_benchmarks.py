@@ -154,16 +154,21 @@ def test_forced_tag_compares_on_the_first_questions_of_each_family() -> None:
 
 
 def test_batch_mix_summarises_what_the_steps_saw() -> None:
-    from benchmarks.batch_mix import summarise
+    from benchmarks.batch_mix import chosen, summarise
 
-    rows = [{"strategy": "cot", "source": "teacher"}, {"strategy": "pot", "source": "self"},
-            {"strategy": "pot", "source": "teacher"}, {"strategy": "l2m", "source": "teacher"}]
+    rows = [{"id": "q1", "strategy": "cot", "source": "teacher"}, {"id": "q1", "strategy": "pot", "source": "self"},
+            {"id": "q2", "strategy": "pot", "source": "teacher"}, {"id": "q3", "strategy": "l2m", "source": "teacher"}]
     steps = [{"rows": [0, 1], "tokens": 10, "learning_rate": 3.0}, {"rows": [1, 3], "tokens": 7, "learning_rate": 1.0}]
-    out = summarise(rows, steps)
+    out = summarise(rows, steps, {"q1": "a", "q3": "b"})
     assert out["file"] == {"cot": 0.25, "l2m": 0.25, "pot": 0.5}
     assert out["seen"] == {"cot": 0.25, "l2m": 0.25, "pot": 0.5} and out["seen_rows"] == 4
     assert out["distinct_seen"] == 3 and out["self_seen"] == 2 and out["tokens"] == 17
     assert out["lr_weighted"] == {"cot": 0.375, "l2m": 0.125, "pot": 0.5}  # (3, 1, 3 + 1) / 8
+    assert out["families"] == {"a": {"seen_rows": 3, "seen": {"cot": 0.333, "l2m": 0.0, "pot": 0.667}},
+                               "b": {"seen_rows": 1, "seen": {"cot": 0.0, "l2m": 1.0, "pot": 0.0}}}
+    predictions = [{"id": "t1", "strategy": "pot"}, {"id": "t2", "strategy": "cot"}, {"id": "t3", "strategy": "pot"}]
+    assert chosen(predictions, {"t1": "a", "t2": "a", "t3": "all"}) == {
+        "all": {"n": 3, "cot": 0.333, "l2m": 0.0, "pot": 0.667}, "a": {"n": 2, "cot": 0.5, "l2m": 0.0, "pot": 0.5}}
 
 
 def test_batch_mix_replays_the_trainers_own_batches(tmp_path: Path) -> None:
