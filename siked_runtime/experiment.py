@@ -422,7 +422,19 @@ def summarize(name: str, experiment: ExperimentSpec, results: list[dict], famili
     return {"name": name, "seeds": experiment.seeds, "total_train_steps": experiment.total_train_steps,
             "reference": experiment.reference, "test_sets": test_sets, "pilot": pilot_doc, "untrained": baseline,
             "arms": arms, "comparisons": comparisons,
-            "runs": [{k: v for k, v in r.items() if k != "iterations"} for r in results]}
+            "runs": [{**{k: v for k, v in r.items() if k != "iterations"}, "first": _run_cell(r, 0),
+                      "final": _run_cell(r, -1)} for r in results]}
+
+
+def _run_cell(run: dict, position: int) -> dict | None:
+    """One run's accuracy and strategy shares per set at an iteration (0: the first, -1: the last)."""
+    from siked_runtime.scoring import strategy_shares
+
+    if not run["iterations"]:
+        return None
+    it = run["iterations"][position]
+    return {"iteration": it["iteration"], "eval": it["eval"],
+            "strategy_shares": {name: strategy_shares(p.values()) for name, p in it["predictions"].items()}}
 
 
 def _paired(pairs: list[tuple[dict, dict]], test: str, families: dict[str, str]):

@@ -119,7 +119,7 @@ def _per_iteration(summary: dict) -> list[str]:
              "family (test questions). Rows: teacher / self rows trained on, and the self rows that reproduce a "
              "teacher row verbatim." + _shared_samples(summary), "",
              "| arm | it | " + " | ".join(sets) + " | routing | α | teacher / self / reproduced rows | samples "
-             "(solved q) | train cot/l2m/pot | student cot/l2m/pot | steps | s |",
+             "(solved q) | train cot/l2m/pot | student cot/l2m/pot (validation) | steps | s |",
              "|---|---|" + "---|" * len(sets) + "---|---|---|---|---|---|---|---|"]
     for name, arm in summary["arms"].items():
         for it in arm["iterations"]:
@@ -158,6 +158,35 @@ def _families(summary: dict) -> list[str]:
     return lines
 
 
+def _per_seed(summary: dict) -> list[str]:
+    """Each seed's runs side by side at the fixed final iteration: test accuracy and strategy use."""
+    runs = [r for r in summary.get("runs", []) if r.get("final")]
+    tests = summary.get("test_sets") or []
+    if not runs or not tests:
+        return []
+    test, arms = tests[0], list(summary["arms"])
+    branching = [a for a in arms if summary["arms"][a].get("branches")]
+    lines = ["## Per seed (fixed final iteration)", "",
+             f"{test} accuracy, then the student's strategy use (cot/l2m/pot) on those questions. Means over seeds "
+             "can hide that a student picks one strategy for nearly every question, and which one differs by seed.",
+             "", "| seed | " + ("iteration 0 (shared) | " if branching else "") + " | ".join(arms) + " |",
+             "|---|" + ("---|" if branching else "") + "---|" * len(arms)]
+
+    def cell(c: dict | None) -> str:
+        if not c or test not in c["eval"]:
+            return "–"
+        return f"{c['eval'][test]:.3f} · {_mix(c['strategy_shares'].get(test))}"
+
+    for seed in summary["seeds"]:
+        mine = {r["arm"]: r for r in runs if r["seed"] == seed}
+        if not mine:
+            continue
+        shared = next((mine[a]["first"] for a in branching if a in mine), None)
+        lines.append(f"| {seed} | " + (f"{cell(shared)} | " if branching else "")
+                     + " | ".join(cell(mine[a]["final"]) if a in mine else "–" for a in arms) + " |")
+    return lines
+
+
 def render_markdown(summary: dict) -> str:
     lines = [f"# Experiment `{summary['name']}`", ""] + _design(summary)
     if summary.get("stopped"):
@@ -171,7 +200,8 @@ def render_markdown(summary: dict) -> str:
                  "with each strategy's tag prefilled; accuracy (correct/n).")
         lines += ["", pilot_markdown(pilot["table"], gate, pilot["strategies"], about), "![pilot](pilot.png)"]
     if summary["arms"] and any(a["runs"] for a in summary["arms"].values()):
-        lines += [""] + _primary(summary) + [""] + _per_iteration(summary) + [""] + _families(summary)
+        lines += [""] + _primary(summary) + [""] + _per_seed(summary) + [""] + _per_iteration(summary) + [""]
+        lines += _families(summary)
         lines += ["", "![final accuracy](final.png)", "", "![accuracy per iteration](iterations.png)", "",
                   "![routing share](routing.png)", "", "![strategy mix](strategies.png)", ""]
     return "\n".join(lines)

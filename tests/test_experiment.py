@@ -151,6 +151,11 @@ def test_tiny_experiment_pilot_branches_from_iteration0_reports_and_resumes(tmp_
     assert summary["pilot"]["questions"] == 6 and (out / "pilot.png").exists()
     report = (out / "experiment.md").read_text()
     assert "Primary result: fixed final iteration" in report and "| siked-all | 1 |" in report
+    assert "## Per seed (fixed final iteration)" in report
+    final = summary["runs"][0]["final"]["strategy_shares"]  # from the test predictions, not the validation's
+    assert set(final) == {"validation", "synthetic-test"} and sum(final["synthetic-test"].values()) <= 1.0
+    assert {(r["arm"], r["seed"], r["first"]["iteration"], r["final"]["iteration"]) for r in summary["runs"]} == {
+        (arm, seed, 0, last) for arm, last in (("combined", 1), ("siked-all", 1), ("pot-only", 0)) for seed in (0, 1)}
     for png in ("final.png", "iterations.png", "strategies.png", "routing.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "experiment.json").read_text())["total_train_steps"] == 4
@@ -188,3 +193,24 @@ def test_arms_that_differ_only_in_mixing_or_training_reuse_one_sample_stage(tmp_
     for arm in ("siked-all", "siked-adaptive"):
         assert (out / f"{arm}-s0" / "iter-001" / "train" / "manifest.json").exists()
     assert "`siked-adaptive` trains on the self-samples of `siked-all-s0`" in (out / "experiment.md").read_text()
+
+
+def test_per_seed_table_puts_each_seeds_runs_side_by_side() -> None:
+    from siked_runtime.experiment_report import _per_seed
+
+    def run(arm, seed, first, final):
+        return {"arm": arm, "seed": seed,
+                "first": {"iteration": 0, "eval": {"t": first[0]}, "strategy_shares": {"t": first[1]}},
+                "final": {"iteration": 1, "eval": {"t": final[0]}, "strategy_shares": {"t": final[1]}}}
+
+    pot, cot = {"cot": 0.0, "l2m": 0.0, "pot": 1.0}, {"cot": 0.9, "l2m": 0.0, "pot": 0.1}
+    summary = {"seeds": [0, 1], "test_sets": ["t"],
+               "arms": {"combined": {"branches": True}, "siked": {"branches": True}, "pot-only": {"branches": False}},
+               "runs": [run("combined", 0, (0.4, pot), (0.7, pot)), run("siked", 0, (0.4, pot), (0.2, cot)),
+                        run("pot-only", 0, (0.5, pot), (0.5, pot)), run("combined", 1, (0.3, cot), (0.3, cot))]}
+    lines = _per_seed(summary)
+    assert lines[4] == "| seed | iteration 0 (shared) | combined | siked | pot-only |"
+    assert lines[6] == ("| 0 | 0.400 · 0.00/0.00/1.00 | 0.700 · 0.00/0.00/1.00 | 0.200 · 0.90/0.00/0.10 | "
+                        "0.500 · 0.00/0.00/1.00 |")
+    assert lines[7] == "| 1 | 0.300 · 0.90/0.00/0.10 | 0.300 · 0.90/0.00/0.10 | – | – |"
+    assert _per_seed({**summary, "runs": []}) == []
