@@ -25,7 +25,7 @@ import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from siked_runtime.graph import EVAL, TRAIN, VALIDATION, StageKey
+from siked_runtime.graph import EVAL, TRAIN, StageKey
 from siked_runtime.local_runner import saved_run
 from siked_runtime.pilot import family_of
 from siked_runtime.stages.data import eval_sets, train_questions
@@ -115,9 +115,8 @@ def measure(run_dir: Path, iteration: int) -> dict:
     if out["tokens"] != expected:
         raise RuntimeError(f"{run_dir}: the replay drew {out['tokens']} tokens, the stage trained on {expected}: "
                            "not the same batches (another library version or configuration?)")
-    sets = eval_sets(run.spec)
-    test = next((name for name in sets if name != VALIDATION), VALIDATION)
-    records = sets[test]
+    test = run.spec.datasets.eval[0].name
+    records = eval_sets(run.spec)[test]
     predictions = store.read_jsonl(f"{StageKey(EVAL, iteration).prefix}/predictions-{test}.jsonl.gz")
     return {"run": run_dir.name, "iteration": iteration, **out, "steps": len(steps),
             "chosen": chosen(predictions, {r["id"]: family_of(r) for r in records})}

@@ -361,12 +361,12 @@ def _mean(values: list[float | None]) -> float | None:
 
 def per_family(predictions: dict[str, dict], families: dict[str, str], best: dict[str, str]) -> dict[str, dict]:
     """{family: {"accuracy", "n", "strategy_shares", "routing_share"}} over one set's predictions."""
-    from siked_runtime.strategies import STRATEGIES
+    from siked_runtime.scoring import strategy_shares
 
     out: dict[str, dict] = {}
     for family in sorted({families.get(q, "all") for q in predictions}):
         rows = [p for q, p in predictions.items() if families.get(q, "all") == family]
-        shares = {s: sum(r["strategy"] == s for r in rows) / len(rows) for s in STRATEGIES}
+        shares = strategy_shares(rows)
         out[family] = {"accuracy": sum(r["correct"] for r in rows) / len(rows), "n": len(rows),
                        "strategy_shares": shares,
                        "routing_share": shares.get(best[family]) if family in best else None}
