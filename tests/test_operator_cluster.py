@@ -41,7 +41,13 @@ RUNS = "/apis/siked.io/v1alpha1/namespaces/default/distillationruns"
 
 
 class Outage:
-    """A TCP proxy in front of S3 that can be switched off: connections are refused while it is down."""
+    """A TCP proxy in front of S3 that can be switched off: going down cuts every open connection, and new ones
+    are refused while it is down.
+
+    Cutting is `shutdown`, not `close`: a socket closed while another thread is blocked reading it stays open
+    until that read returns, so a reply dropped on its way back would leave the client waiting out its read
+    timeout instead of seeing the outage.
+    """
 
     def __init__(self, target: str):
         host, port = target.removeprefix("http://").split(":")
@@ -49,19 +55,35 @@ class Outage:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.down = threading.Event()
+        self.open: set[socket.socket] = set()
+        self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def start(self) -> None:
+        with self.lock:
+            self.down.set()
+            for s in self.open:
+                _cut(s)
+
+    def end(self) -> None:
+        self.down.clear()
 
     def _accept(self) -> None:
         while True:
             client, _ = self.server.accept()
             if self.down.is_set():
-                client.close()
+                _cut(client)
                 continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:
-                client.close()
+                _cut(client)
                 continue
+            with self.lock:
+                if self.down.is_set():
+                    _cut(client), _cut(upstream)
+                    continue
+                self.open |= {client, upstream}
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -71,9 +93,15 @@ class Outage:
                 if self.down.is_set():
                     break
                 b.sendall(data)
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.close()
+        with self.lock:
+            self.open -= {a, b}
+        _cut(a), _cut(b)
+
+
+def _cut(s: socket.socket) -> None:
+    for step in (lambda: s.shutdown(socket.SHUT_RDWR), s.close):
+        with contextlib.suppress(OSError):
+            step()
 
 
 @dataclass
@@ -352,13 +380,13 @@ def test_storage_outage_backs_off_and_the_run_completes(tmp_path, s3_server):
         k8s.wait(lambda: "smoke-it0-train" in k8s.kubelet.started, "train[0] to run")
         events_before = len(k8s.api.events("smoke"))
         patches_before = k8s.server.count("PATCH", f"{RUNS}/smoke/status")
-        outage.down.set()
+        outage.start()
         k8s.wait(lambda: k8s.condition("smoke", "Progressing").get("reason") == "StorageUnavailable",
                  "the outage to show", timeout=60)
         time.sleep(OUTAGE_SECONDS - 30)
         events = [e["reason"] for e in k8s.api.events("smoke")][events_before:]
         patches = k8s.server.count("PATCH", f"{RUNS}/smoke/status") - patches_before
-        outage.down.clear()
+        outage.end()
         run = k8s.wait_phase("smoke", "Succeeded", timeout=90)
     print(f"during a {OUTAGE_SECONDS}s outage: {len(events)} events ({Counter(events)}), {patches} status patches")
     assert events.count("StorageUnavailable") == 1 and len(events) < 10 and patches < 30
