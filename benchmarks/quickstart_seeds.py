@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks.report import machine
 from benchmarks.student import QUICKSTART
 from siked_runtime.graph import EVAL, VALIDATION, StageKey
 from siked_runtime.local_runner import run_local
@@ -37,7 +38,7 @@ def predictions(store, iteration: int, name: str) -> dict[str, dict]:
     return {r["id"]: r for r in rows}
 
 
-def seed_result(run, run_dir: Path, seconds: float | None) -> dict:
+def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) -> dict:
     store = open_store(str(run_dir))
     manifests = list_manifests(store)
     report = json.loads((run_dir / "report.json").read_text())
@@ -45,7 +46,7 @@ def seed_result(run, run_dir: Path, seconds: float | None) -> dict:
     families = {r["id"]: r["meta"]["family"] for records in eval_sets(run.spec).values() for r in records}
     out = {"seed": run.spec.seed, "last_iteration": last, "sets": {}, "families": {},
            "stage_seconds": round(sum(m.get("duration_seconds") or 0.0 for m in manifests.values()), 1),
-           "wall_seconds": seconds,
+           "wall_seconds": seconds, "machine": where,
            "self_rows": [it["self_rows"] for it in report["iterations"]]}
     for name in eval_sets(run.spec):
         first, final = predictions(store, 0, name), predictions(store, last, name)
@@ -68,7 +69,8 @@ def seed_result(run, run_dir: Path, seconds: float | None) -> dict:
 def render(results: list[dict]) -> str:
     lines = ["# Quickstart, several seeds", "",
              "`examples/quickstart.yaml` with only spec.seed changed. Gain: last iteration − iteration 0 on the "
-             "same questions, paired bootstrap 95% interval.", "",
+             "same questions, paired bootstrap 95% interval. Machine: "
+             + ", ".join(sorted({str(r.get("machine") or "not recorded") for r in results})) + ".", "",
              "| seed | set | n | iteration 0 | last | gain [95% CI] | wall s | stage s |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for name, s in r["sets"].items():
@@ -107,16 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "quickstart-seeds.json"
-    walls = {r["seed"]: r["wall_seconds"] for r in json.loads(saved.read_text())} if saved.exists() else {}
+    before = {r["seed"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
     for seed in args.seeds:
         run = parse_manifest({**base, "spec": {**base["spec"], "seed": seed}}, f"quickstart seed {seed}")
         run_dir = args.work / f"s{seed}"
         fresh = not (run_dir / "report.json").exists()
         started = time.perf_counter()
         run_local(run, run_dir)
-        # Wall time only for a run made in one go; a resumed one keeps what it had.
-        seconds = round(time.perf_counter() - started, 1) if fresh else walls.get(seed)
-        results.append(seed_result(run, run_dir, seconds))
+        # Wall time and machine only for a run made in one go; a resumed one keeps what it had.
+        seconds = round(time.perf_counter() - started, 1) if fresh else before.get(seed, {}).get("wall_seconds")
+        where = machine() if fresh else before.get(seed, {}).get("machine")
+        results.append(seed_result(run, run_dir, seconds, where))
         saved.write_text(json.dumps(results, indent=1))
         (args.out / "quickstart-seeds.md").write_text(render(results))
         (args.out / "quickstart-seeds.png").write_bytes(plot(results))

@@ -18,8 +18,11 @@ from typing import Any
 
 
 def machine() -> str:
-    """`cpu (2 cores, AMD EPYC)` or the GPU's name."""
+    """`cpu (2 cores, AMD EPYC)`, with `native bf16` where the CPU has it (bf16 training and inference
+    run several times faster there, and `dtype: auto` generates in bf16), or the GPU's name."""
     import torch
+
+    from siked_runtime.models import cpu_has_native_bf16
 
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)})"
@@ -31,7 +34,8 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"cpu ({os.cpu_count()} cores, {model})"
+    bf16 = ", native bf16" if cpu_has_native_bf16() else ""
+    return f"cpu ({os.cpu_count()} cores, {model}{bf16})"
 
 
 @dataclass

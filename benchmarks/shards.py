@@ -1,5 +1,5 @@
 """Sharded sampling: the sample stage's wall time in 2 parts side by side vs in 1 part, and what
-seeding samples per question (which makes the parts draw what one part draws) costs.
+seeding samples per question (which makes the parts draw what one part draws, in float32) costs.
 
     python -c "from benchmarks.shards import run; print(run(quick=True))"
 

@@ -28,11 +28,11 @@ def family_of(record: dict) -> str:
 
 def forced_rows(spec: DistillationSpec, model_path, records: list[dict], strategies: list[str]) -> list[dict]:
     """Greedy answers with each strategy's tag prefilled, verified: {id, family, forced, verdict, …}."""
-    from siked_runtime.stages.generation import StudentGenerator
+    from siked_runtime.stages.generation import StudentGenerator, evaluation_dtype
     from siked_runtime.stages.verification import verify_rows
 
     rows: list[dict] = []
-    with StudentGenerator(spec, model_path, spec.evaluation.batch_size) as gen:
+    with StudentGenerator(spec, model_path, spec.evaluation.batch_size, dtype=evaluation_dtype(spec)) as gen:
         for strategy in strategies:
             completions = gen.generate([r["question"] for r in records], n=1, temperature=0.0,
                                        max_new_tokens=spec.evaluation.max_new_tokens, what=f"pilot [{strategy}]",

@@ -61,11 +61,12 @@ class Sampler(Protocol):
     ) -> list[list[str]]:
         """`n` completions for each prompt, in the order of `prompts`.
 
-        `seeds` (one per prompt) makes each prompt's samples depend on its seed alone, not on
+        `seeds` (one per prompt) makes each prompt's random draws depend on its seed alone, not on
         the other prompts of the call, where the backend can (the transformers sampler). With
         `first_sample` (one per prompt, default 0) a prompt's completions are its samples
         first_sample … first_sample + n − 1: drawing a prompt's samples one call at a time gives
-        the same samples as drawing them in one call.
+        the same samples as drawing them in one call. Same samples as long as the logits are
+        the same in every batch: true to float32 rounding, not in bf16 (stages/generation.py).
         """
         ...
 

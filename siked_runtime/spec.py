@@ -227,7 +227,9 @@ class StudentSpec(Spec):
         "bitsandbytes; needs a CUDA GPU) or `full` fine-tuning.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings when finetune is `lora`.")
     dtype: Dtype = Field(Dtype.auto, description="Weights dtype; `auto` is bf16 where the hardware has native bf16 (GPUs; CPUs with "
-        "AVX512-BF16/AMX for generation and mixed-precision training), else fp32.")
+        "AVX512-BF16/AMX for generation and mixed-precision training), else fp32. bf16 generation depends on the "
+        "batch: a question's samples and greedy answers change with the questions beside it (and so with "
+        "batch sizes and shards); `float32` generates the same in any batch.")
     max_seq_length: int = Field(512, ge=32, le=131072, description="Prompt + completion token limit.")
 
 
@@ -426,6 +428,9 @@ class EvaluationSpec(Spec):
     batch_size: int = Field(32, ge=1, le=65536, description="Prompts per greedy-decoding batch.")
     max_new_tokens: int = Field(256, ge=8, le=32768, description="Token limit per answer.")
     shards: Shards = Field(1, description=SHARDS_DESCRIPTION)
+    dtype: Dtype = Field(Dtype.auto, description="Weights dtype of evaluation (and the pilot); `auto` is "
+        "`student.dtype`'s. `float32` gives every question the same answer in any batch and shard, where bf16 "
+        "training or sampling is wanted for speed.")
 
 
 class SandboxLayer(str, Enum):

@@ -198,3 +198,15 @@ def test_batch_mix_replays_the_trainers_own_batches(tmp_path: Path) -> None:
     assert [len(s["rows"]) for s in steps[:3]] == [4, 4, 2]
     assert sorted(i for s in steps[:3] for i in s["rows"]) == list(range(10))
     assert [s["learning_rate"] for s in steps] == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
+
+
+def test_batch_invariance_compares_each_question_alone_and_batched():
+    from benchmarks.batch_invariance import measure, same_share
+
+    assert same_share([["a", "b"], ["c", "d"]], [["a", "x"], ["c", "d"]]) == 0.75
+    questions = ["What is 2 + 3?", "A farmer has 12 cows and buys 7 more. How many cows?", "Sam reads 5 pages a day."]
+    result = measure("float32", questions, k=2, max_new_tokens=8, model="builtin:tiny-random")
+    assert result["dtype"] == "float32" and result["questions"] == 3 and result["k"] == 2
+    # float32: the same logits to rounding, so the same samples and answers alone as in one batch
+    assert result["max_logit_difference"] < 1e-3
+    assert result["samples_identical"] == result["greedy_identical"] == result["same_first_token"] == 1.0

@@ -80,3 +80,25 @@ def test_training_rows_mix_teacher_and_self(tmp_path, policy, expect_teacher):
     # iteration 0 is always the teacher's data alone
     rows0, mixed0 = training_rows(spec, store, 0)
     assert (mixed0.teacher_rows, mixed0.self_rows) == (72, 0)
+
+
+@pytest.mark.parametrize("evaluation_dtype, expected", [("auto", "bfloat16"), ("float32", "float32")])
+def test_evaluation_loads_the_student_in_its_own_dtype(tmp_path, monkeypatch, evaluation_dtype, expected):
+    # bf16 answers change with the batch (benchmarks/batch_invariance.py): evaluation.dtype float32 scores in
+    # float32 while the student trains and samples in bf16; `auto` follows student.dtype.
+    from siked_runtime import samplers
+
+    loaded = []
+    real = samplers.make_sampler
+
+    def recording(*args, **kwargs):
+        sampler = real(*args, **kwargs)
+        loaded.append(str(sampler.model.dtype).removeprefix("torch."))
+        return sampler
+
+    monkeypatch.setattr(samplers, "make_sampler", recording)
+    spec = spec_of(student={"model": "builtin:tiny-random", "dtype": "bfloat16"},
+                   evaluation={"dtype": evaluation_dtype, "maxNewTokens": 8})
+    manifest = run_stage(spec, open_store(str(tmp_path)), StageKey("baseline"))
+    assert loaded == [expected]
+    assert set(manifest["accuracy"]) == {"validation", "test"}

@@ -17,7 +17,7 @@ from siked_runtime.scoring import accuracy, accuracy_by_strategy, kl_divergence,
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import local_model, log
 from siked_runtime.stages.data import eval_sets
-from siked_runtime.stages.generation import StudentGenerator
+from siked_runtime.stages.generation import StudentGenerator, evaluation_dtype
 from siked_runtime.stages.shards import output_prefix
 from siked_runtime.stages.verification import verify_rows
 from siked_runtime.storage import Store, read_manifest
@@ -45,7 +45,7 @@ def publish_sets(store: Store, prefix: str, scored: dict[str, list[dict]]) -> di
 def evaluate_model(spec: DistillationSpec, store: Store, model_path, prefix: str) -> dict:
     start = time.perf_counter()
     scored = {}
-    with StudentGenerator(spec, model_path, spec.evaluation.batch_size) as gen:
+    with StudentGenerator(spec, model_path, spec.evaluation.batch_size, dtype=evaluation_dtype(spec)) as gen:
         for name, records in eval_sets(spec).items():
             completions = gen.generate([r["question"] for r in records], n=1, temperature=0.0,
                                        max_new_tokens=spec.evaluation.max_new_tokens, what=f"{prefix} {name}")

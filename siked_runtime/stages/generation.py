@@ -2,8 +2,11 @@
 
 Samples are seeded per question (`question_seed`, from the call's seed and the question):
 the transformers sampler draws each sequence's randomness from its question's seed alone
-(`seeds=`), so a question's samples do not depend on which other questions share its batch,
-and a sharded sample stage draws what the unsharded one draws. vLLM seeds by engine.
+(`seeds=`), so the draws do not depend on which other questions share its batch. The logits
+they pick from do, in their rounding: in float32 by ~1e-5, so a question's samples and greedy
+answers are the same in any batch and a sharded stage produces what the unsharded one does; in
+bfloat16 (`student.dtype: auto` on GPUs and on CPUs with native bf16) by up to ~0.6, and most
+of them change with the batch (`benchmarks/batch_invariance.py`). vLLM seeds by engine.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ def question_seed(seed: int, question: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def evaluation_dtype(spec: DistillationSpec) -> str:
+    """The dtype greedy evaluation loads the student in: `evaluation.dtype`, or `student.dtype`'s for `auto`."""
+    return spec.student.dtype if spec.evaluation.dtype == "auto" else spec.evaluation.dtype
+
+
 class StudentGenerator:
     """Loads the student once; `generate` formats questions exactly as training did.
 
@@ -30,7 +38,7 @@ class StudentGenerator:
             completions = gen.generate(questions, n=4, temperature=0.7, max_new_tokens=256, what="sample[1]")
     """
 
-    def __init__(self, spec: DistillationSpec, model_path: Path | str, batch_size: int):
+    def __init__(self, spec: DistillationSpec, model_path: Path | str, batch_size: int, dtype: str | None = None):
         from siked_runtime.models import chat_prompt, load_tokenizer, resolve_model
         from siked_runtime.samplers import make_sampler
 
@@ -40,7 +48,7 @@ class StudentGenerator:
         path = resolve_model(str(model_path))  # a directory, or a `builtin:` name
         tokenizer = load_tokenizer(path)
         self._format = lambda q: chat_prompt(tokenizer, build_prompt(q))
-        self.sampler = make_sampler(spec.sampling.backend, path, dtype=spec.student.dtype,
+        self.sampler = make_sampler(spec.sampling.backend, path, dtype=dtype or spec.student.dtype,
                                     batch_size=batch_size, on_batch=self._progress)
 
     def _progress(self, done: int, total: int, new_tokens: int) -> None:
