@@ -35,19 +35,10 @@ import torch
 from benchmarks.report import machine
 from benchmarks.student import quickstart_spec
 from siked_runtime.models import chat_prompt, cpu_has_native_bf16, resolve_model
-from siked_runtime.samplers import TransformersSampler, _padding_mask
+from siked_runtime.samplers import TransformersSampler
 from siked_runtime.stages.data import eval_sets
 from siked_runtime.stages.generation import question_seed
 from siked_runtime.strategies import build_prompt
-
-
-@torch.inference_mode()
-def first_logits(sampler: TransformersSampler, prompts: list[str]) -> torch.Tensor:
-    inputs = sampler.tokenizer(prompts, return_tensors="pt", padding=True).to(sampler.device)
-    mask = inputs["attention_mask"]
-    out = sampler.model(input_ids=inputs["input_ids"], attention_mask=_padding_mask(mask),
-                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
-    return out.logits[:, -1].float()
 
 
 def same_share(a: list[list[str]], b: list[list[str]]) -> float:
@@ -61,8 +52,8 @@ def measure(dtype: str, questions: list[str], k: int, max_new_tokens: int, model
     sampler = TransformersSampler(path, dtype=dtype, batch_size=len(questions) * k)
     prompts = [chat_prompt(sampler.tokenizer, build_prompt(q)) for q in questions]
     seeds = [question_seed(spec.seed, q) for q in questions]
-    batched = first_logits(sampler, prompts)
-    alone = torch.cat([first_logits(sampler, [p]) for p in prompts])
+    batched = sampler.next_token_logits(prompts)
+    alone = torch.cat([sampler.next_token_logits([p]) for p in prompts])
     kwargs = {"temperature": spec.iterations.temperature, "top_p": spec.sampling.top_p,
               "max_new_tokens": max_new_tokens}
     started = time.perf_counter()

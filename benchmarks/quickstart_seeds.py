@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         run_local(run, run_dir)
         # Wall time and machine only for a run made in one go; a resumed one keeps what it had.
-        seconds = round(time.perf_counter() - started, 1) if fresh else before.get(seed, {}).get("wall_seconds")
-        where = machine() if fresh else before.get(seed, {}).get("machine")
+        prior = before.get(seed, {})
+        seconds = round(time.perf_counter() - started, 1) if fresh else prior.get("wall_seconds")
+        where = machine() if fresh else prior.get("machine")
         results.append(seed_result(run, run_dir, seconds, where))
         saved.write_text(json.dumps(results, indent=1))
         (args.out / "quickstart-seeds.md").write_text(render(results))

@@ -37,6 +37,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
+from transformers.utils import ModelOutput
 
 from siked_runtime.models import default_device, load_student, resolve_model
 from siked_runtime.spec import DistillationSpec, VllmEngineSpec
@@ -286,6 +287,21 @@ class TransformersSampler:
         self.stats["seconds"] += time.perf_counter() - started
         return texts, new_tokens
 
+    def _prefill(self, inputs: dict) -> ModelOutput:
+        """One forward pass over left-padded prompts, keeping the KV cache; position ids count real tokens only."""
+        mask = inputs["attention_mask"]
+        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
+        return self.model(
+            input_ids=inputs["input_ids"], attention_mask=_padding_mask(mask),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **extra)
+
+    @torch.inference_mode()
+    def next_token_logits(self, prompts: list[str]) -> torch.Tensor:
+        """The first new token's logits (float32) for each prompt, all in one left-padded batch: the prefill
+        `generate` runs on each of its batches."""
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        return self._prefill(inputs).logits[:, -1].float()
+
     def _decode(
         self, inputs: dict, copies: int, sample: bool, temperature: float, top_p: float, max_new_tokens: int,
         generators: list[torch.Generator] | None = None,
@@ -303,10 +319,7 @@ class TransformersSampler:
         if sample and top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
         mask = inputs["attention_mask"]
-        extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
-        out = self.model(
-            input_ids=inputs["input_ids"], attention_mask=_padding_mask(mask),
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **extra)
+        out = self._prefill(inputs)
         cache = out.past_key_values
         if not _splittable(cache):
             return None
