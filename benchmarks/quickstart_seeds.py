@@ -9,6 +9,13 @@ Runs `examples/quickstart.yaml` once per seed (spec.seed patched; nothing else),
 accuracy at iteration 0 and at the last iteration with the difference's 95% interval (paired
 bootstrap over the test questions), the student's strategy use per family at both iterations,
 and each run's wall time (the sum of its stages' durations).
+
+Routing: the last student answers 90 separate pilot questions (synthetic, seed 9, the train
+families) greedily with each strategy's tag forced, as the experiment's pilot does; the
+strategies with the best accuracy in a family are that family's best. The routing share is
+the share of test questions whose own (greedy) strategy is one of its family's best, at
+iteration 0 and at the last iteration, with the paired bootstrap interval of the change.
+The forced-tag table is kept in `<work>/s<seed>/routing-pilot.json` (after the run's wall time).
 """
 
 from __future__ import annotations
@@ -23,19 +30,43 @@ import yaml
 
 from benchmarks.report import machine
 from benchmarks.student import QUICKSTART
-from siked_runtime.graph import EVAL, VALIDATION, StageKey
+from siked_runtime import pilot
+from siked_runtime.graph import EVAL, TRAIN, VALIDATION, StageKey
 from siked_runtime.local_runner import run_local
 from siked_runtime.report import png, pyplot
 from siked_runtime.spec import parse_manifest
+from siked_runtime.stages.common import local_model
 from siked_runtime.stages.data import eval_sets
 from siked_runtime.stats import paired_bootstrap
 from siked_runtime.storage import list_manifests, open_store
 from siked_runtime.strategies import STRATEGIES
+from siked_runtime.synthetic import generate
+
+PILOT_QUESTIONS, PILOT_SEED = 90, 9
 
 
 def predictions(store, iteration: int, name: str) -> dict[str, dict]:
     rows = store.read_jsonl(f"{StageKey(EVAL, iteration).prefix}/predictions-{name}.jsonl.gz")
     return {r["id"]: r for r in rows}
+
+
+def best_strategies(run, run_dir: Path, last: int) -> dict[str, dict]:
+    """{family: {"best": [strategies], "accuracy": {strategy: acc}, "n"}} from the last student's forced tags."""
+    saved = run_dir / "routing-pilot.json"
+    if not saved.exists():
+        records = generate(PILOT_QUESTIONS, PILOT_SEED, families=run.spec.datasets.train.synthetic.families)
+        model = local_model(open_store(str(run_dir)), StageKey(TRAIN, last).prefix)
+        table = pilot.tabulate(pilot.forced_rows(run.spec, model, records, list(run.spec.strategies)))
+        saved.write_text(json.dumps({"iteration": last, "questions": len(records), "seed": PILOT_SEED,
+                                     "table": table}, indent=1))
+    table = json.loads(saved.read_text())["table"]
+    out = {}
+    for family, cells in table.items():
+        top = max(c["accuracy"] for c in cells.values())
+        out[family] = {"best": [s for s in run.spec.strategies if cells[s]["accuracy"] == top],
+                       "accuracy": {s: cells[s]["accuracy"] for s in run.spec.strategies},
+                       "n": cells[run.spec.strategies[0]]["n"]}
+    return out
 
 
 def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) -> dict:
@@ -57,6 +88,12 @@ def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) ->
                              "gain": paired_bootstrap(a, b, seed=run.spec.seed)}
         if name == VALIDATION:
             continue
+        best = best_strategies(run, run_dir, last)
+        routed = {when: np.array([p[q].get("strategy") in best[families[q]]["best"] for q in ids], dtype=float)
+                  for when, p in (("iteration0", first), ("final", final))}
+        out["routing"] = {"set": name, "best": best, "iteration0": float(routed["iteration0"].mean()),
+                          "final": float(routed["final"].mean()),
+                          "change": paired_bootstrap(routed["final"], routed["iteration0"], seed=run.spec.seed)}
         for family in sorted({families[q] for q in ids}):
             mine = [q for q in ids if families[q] == family]
             out["families"][family] = {
@@ -85,6 +122,19 @@ def render(results: list[dict]) -> str:
             a, b = f["iteration0"], f["final"]
             lines.append(f"| {r['seed']} | {family} | {f['n']} | {a['accuracy']:.2f} → {b['accuracy']:.2f} | "
                          + " | ".join(f"{a[s]:.2f} → {b[s]:.2f}" for s in STRATEGIES) + " |")
+    lines += ["", f"Routing: each family's best strategies from the last student's forced-tag accuracy on "
+              f"{PILOT_QUESTIONS} separate pilot questions (seed {PILOT_SEED}); routing share = test questions whose "
+              "own strategy is one of its family's best, iteration 0 → last, paired bootstrap 95% interval.", "",
+              "| seed | forced cot / l2m / pot per family (best) | routing share | change [95% CI] |", "|---|---|---|---|"]
+    for r in results:
+        if "routing" not in r:
+            continue
+        g = r["routing"]
+        cells = "; ".join(f"{f} " + " / ".join(f"{b['accuracy'][s]:.2f}" for s in STRATEGIES)
+                          + f" ({', '.join(b['best'])})" for f, b in g["best"].items())
+        c = g["change"]
+        lines.append(f"| {r['seed']} | {cells} | {g['iteration0']:.2f} → {g['final']:.2f} | "
+                     f"{c['diff']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] |")
     return "\n".join(lines + ["", "![quickstart seeds](quickstart-seeds.png)", ""])
 
 

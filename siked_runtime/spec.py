@@ -408,6 +408,10 @@ class TrainingSpec(Spec):
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="AdamW weight decay.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name: cosine, linear, constant, …")
     packing: bool = Field(True, description="Padding-free packed batches where the model supports it.")
+    batch_by_question: bool = Field(
+        False, description="Shuffle questions, not rows: every row of a question (one per strategy) lands in the same "
+        "batch, so each step sees the data's own strategy mix (question_batches.py). Use a batchSize that is a "
+        "multiple of the number of strategies.")
     continue_from_previous: bool = Field(True, description="Iteration t ≥ 1 starts from iteration t-1's weights.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, about a third more compute.")

@@ -39,6 +39,7 @@ from transformers.utils import is_flash_attn_2_available
 from trl import SFTConfig, SFTTrainer
 
 from siked_runtime.completion_loss import CompletionLossTrainer
+from siked_runtime.question_batches import QuestionGroupedSampler, question_groups
 from siked_runtime.console import Progress
 from siked_runtime.distributed import process_rank
 from siked_runtime.models import chat_prompt, cpu_has_native_bf16, default_device, resolve_dtype, resolve_model
@@ -253,6 +254,22 @@ def _load_model(path: str, student: StudentSpec, training: TrainingSpec, device:
     return AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype, attn_implementation=attention)
 
 
+def _by_question(trainer_class: type[SFTTrainer], seed: int) -> type[SFTTrainer]:
+    """`trainer_class` drawing its rows question by question (`training.batchByQuestion`).
+
+    The groups come from the prepared dataset's `question` column, not from the rows given:
+    TRL drops rows whose completion is masked out entirely, and the sampler's indices are the
+    prepared dataset's (the column itself is removed before batches are collated)."""
+
+    class ByQuestion(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001 - Trainer's signature
+            ids = self.train_dataset["question"]
+            return QuestionGroupedSampler(question_groups([{"id": q} for q in ids]), seed)
+
+    ByQuestion.__name__ = f"{trainer_class.__name__}ByQuestion"
+    return ByQuestion
+
+
 def build_trainer(
     base_model_path: str,
     rows: list[dict],
@@ -273,12 +290,15 @@ def build_trainer(
     _, _, attention = packing_plan(training, device)
     model = _load_model(path, student, training, device, attention)
     dataset = Dataset.from_list(
-        [{"prompt": chat_prompt(tokenizer, r["prompt"]), "completion": r["completion"]} for r in rows]
+        [{"prompt": chat_prompt(tokenizer, r["prompt"]), "completion": r["completion"]}
+         | ({"question": str(r["id"])} if training.batch_by_question else {}) for r in rows]
     )
     # CompletionLossTrainer applies the head after the wrapped forward has returned: under FSDP the
     # root's shards are not the model's to read then, so FSDP runs use TRL's loss.
     fsdp = world_size() > 1 and training.distributed.strategy == "fsdp"
     trainer_class = SFTTrainer if fsdp else CompletionLossTrainer
+    if training.batch_by_question:
+        trainer_class = _by_question(trainer_class, seed)
     return trainer_class(
         model=model,
         args=config,
@@ -394,6 +414,7 @@ def train_sft(
         "global_batch_size": trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
         * world_size(),
         "gradient_checkpointing": training.gradient_checkpointing,
+        "batches": "by question" if training.batch_by_question else "random" if packing else "grouped by length",
         "packing": {"on": True, "attention": attention} if packing else {"on": False, "reason": why_not},
         "distributed": _distribution(training),
     }

@@ -210,3 +210,21 @@ def test_batch_invariance_compares_each_question_alone_and_batched():
     # float32: the same logits to rounding, so the same samples and answers alone as in one batch
     assert result["max_logit_difference"] < 1e-3
     assert result["samples_identical"] == result["greedy_identical"] == result["same_first_token"] == 1.0
+
+
+def test_quickstart_routing_takes_every_tied_best_strategy_from_the_saved_pilot(tmp_path: Path) -> None:
+    import yaml
+
+    from benchmarks.quickstart_seeds import best_strategies
+    from benchmarks.student import QUICKSTART
+    from siked_runtime.spec import parse_manifest
+
+    run = parse_manifest(yaml.safe_load(QUICKSTART.read_text()), "quickstart")
+    cell = lambda c, n=30: {"correct": c, "n": n, "accuracy": c / n}  # noqa: E731
+    table = {"piecewise": {"cot": cell(8), "l2m": cell(8), "pot": cell(3)},
+             "big_arithmetic": {"cot": cell(0), "l2m": cell(0), "pot": cell(20)}}
+    (tmp_path / "routing-pilot.json").write_text(json.dumps({"iteration": 1, "table": table}))
+    best = best_strategies(run, tmp_path, 1)   # read back: nothing is generated
+    assert best["piecewise"]["best"] == ["cot", "l2m"]
+    assert best["big_arithmetic"]["best"] == ["pot"]
+    assert best["piecewise"]["accuracy"]["pot"] == pytest.approx(0.1) and best["piecewise"]["n"] == 30
