@@ -11,7 +11,7 @@ shuffles questions, not rows, and lays each question's rows next to each other, 
 whose size is a multiple of the strategies' number holds the data's own strategy mix in
 every step; the only mix the tag can learn beyond that is what the self-generated rows add.
 
-    sampler = QuestionGroupedSampler(question_groups(rows), seed=0)
+    sampler = QuestionGroupedSampler(question_groups([row["id"] for row in rows]), seed=0)
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from collections.abc import Iterator
 from torch.utils.data import Sampler
 
 
-def question_groups(rows: list[dict]) -> list[list[int]]:
-    """Row indices per question (`id`), in order of each question's first row."""
+def question_groups(question_ids: list) -> list[list[int]]:
+    """Row indices per question, given each row's question id, in order of each question's first row."""
     groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(str(row["id"]), []).append(i)
+    for i, qid in enumerate(question_ids):
+        groups.setdefault(str(qid), []).append(i)
     return list(groups.values())
 
 

@@ -263,8 +263,7 @@ def _by_question(trainer_class: type[SFTTrainer], seed: int) -> type[SFTTrainer]
 
     class ByQuestion(trainer_class):
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001 - Trainer's signature
-            ids = self.train_dataset["question"]
-            return QuestionGroupedSampler(question_groups([{"id": q} for q in ids]), seed)
+            return QuestionGroupedSampler(question_groups(self.train_dataset["question"]), seed)
 
     ByQuestion.__name__ = f"{trainer_class.__name__}ByQuestion"
     return ByQuestion
