@@ -268,7 +268,7 @@ def cmd_solve(args) -> int:
 
     student_dir(args.model)  # refuse a directory without siked.json before loading anything
     rows = _solve_questions(args)
-    with Student(args.model, backend=args.backend, max_new_tokens=args.max_new_tokens) as student:
+    with Student(args.model, backend=args.backend, max_new_tokens=args.max_new_tokens, dtype=args.dtype) as student:
         answers = student.solve([row["question"] for row in rows])
     for row, answer in zip(rows, answers):
         if args.json:
@@ -369,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per question instead of text")
     p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     p.add_argument("--max-new-tokens", type=int, help="token limit (default: the model's generation config)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32",
+                   help="weights dtype: float32 (default) answers a question the same whether it is asked alone "
+                        "or in a file; auto (bf16 on GPUs and on CPUs with native bf16) is faster, but a greedy "
+                        "answer can change with the questions batched beside it")
     p.set_defaults(func=cmd_solve)
     return parser
 

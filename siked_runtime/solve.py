@@ -63,14 +63,16 @@ class Student:
     """An exported student with its sampler, and a sandbox for its programs (started on first use)."""
 
     def __init__(self, path: str | Path, backend: str = "transformers", batch_size: int = 16,
-                 max_new_tokens: int | None = None, timeout: float = 3.0):
+                 max_new_tokens: int | None = None, timeout: float = 3.0, dtype: str = "float32"):
         from siked_runtime.samplers import make_sampler
 
         self.directory = student_dir(path)
         self.format = load_format(self.directory)
         self.max_new_tokens = max_new_tokens or default_max_new_tokens(self.directory)
         self.timeout = timeout
-        self.sampler = make_sampler(backend, str(self.directory), batch_size=batch_size)
+        # float32 by default: a question gets the same greedy answer alone or among others. In bf16
+        # the batch beside it changes the rounding and so, now and then, the answer.
+        self.sampler = make_sampler(backend, str(self.directory), batch_size=batch_size, dtype=dtype)
         self._pool = None
 
     def prompt(self, question: str) -> str:

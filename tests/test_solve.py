@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from siked_runtime.cli import main
 from siked_runtime.models import chat_prompt
@@ -52,10 +53,21 @@ def test_solve_prompts_and_generates_as_the_samplers_did_in_training(exported):
         assert student.directory == exported / "model"  # a run's final/ is enough
         assert student.prompt(QUESTION) == chat_prompt(student.sampler.tokenizer, build_prompt(QUESTION))
         [answer] = student.solve([QUESTION])
-    sampler = TransformersSampler(str(exported / "model"))
+    sampler = TransformersSampler(str(exported / "model"), dtype="float32")
     [[expected]] = sampler.generate([chat_prompt(sampler.tokenizer, build_prompt(QUESTION))], max_new_tokens=24)
     assert answer["solution"] == expected
     assert answer["question"] == QUESTION and set(answer) >= {"strategy", "answer", "how", "problem"}
+
+
+@pytest.mark.slow
+def test_a_question_gets_the_same_answer_alone_and_among_others(exported):
+    others = ["What is 3 times 4?", "Tom has 7 apples and eats 2. Then he buys 15 more. How many apples does he have?",
+              "A train travels 60 miles an hour for 3 hours and then 45 miles an hour for 2 hours. How far does it go?"]
+    with Student(exported) as student:
+        assert student.sampler.model.dtype == torch.float32
+        [alone] = student.solve([QUESTION])
+        batched = student.solve(others + [QUESTION])
+    assert batched[-1] == alone
 
 
 @pytest.mark.slow
