@@ -223,8 +223,20 @@ def test_quickstart_routing_takes_every_tied_best_strategy_from_the_saved_pilot(
     cell = lambda c, n=30: {"correct": c, "n": n, "accuracy": c / n}  # noqa: E731
     table = {"piecewise": {"cot": cell(8), "l2m": cell(8), "pot": cell(3)},
              "big_arithmetic": {"cot": cell(0), "l2m": cell(0), "pot": cell(20)}}
-    (tmp_path / "routing-pilot.json").write_text(json.dumps({"iteration": 1, "table": table}))
+    (tmp_path / "routing-pilot-1.json").write_text(json.dumps({"iteration": 1, "table": table}))
     best = best_strategies(run, tmp_path, 1)   # read back: nothing is generated
     assert best["piecewise"]["best"] == ["cot", "l2m"]
     assert best["big_arithmetic"]["best"] == ["pot"]
     assert best["piecewise"]["accuracy"]["pot"] == pytest.approx(0.1) and best["piecewise"]["n"] == 30
+
+
+def test_quickstart_routing_share_counts_questions_routed_to_one_of_their_familys_best() -> None:
+    from benchmarks.quickstart_seeds import routing
+
+    best = {"big_arithmetic": {"best": ["pot"]}, "piecewise": {"best": ["cot", "l2m"]}}
+    family = {"q1": "big_arithmetic", "q2": "big_arithmetic", "q3": "piecewise", "q4": "piecewise"}
+    first = {"q1": {"strategy": "cot"}, "q2": {"strategy": "pot"}, "q3": {"strategy": "pot"}, "q4": {"strategy": "cot"}}
+    final = {"q1": {"strategy": "pot"}, "q2": {"strategy": "pot"}, "q3": {"strategy": "l2m"}, "q4": {"strategy": None}}
+    r = routing(best, family, first, final, seed=0)
+    assert (r["iteration0"], r["final"]) == (0.5, 0.75)
+    assert r["change"]["diff"] == pytest.approx(0.25) and r["change"]["ci"][0] <= 0.25 <= r["change"]["ci"][1]
