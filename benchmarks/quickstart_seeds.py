@@ -19,6 +19,12 @@ measured against two pilots: the last student's (which strategy the trained stud
 at) and iteration 0's (the experiment's definition: which strategy the student that samples
 the self-generated data is best at). The forced-tag tables are kept in
 `<work>/s<seed>/routing-pilot-<iteration>.json` (made after the run's wall time).
+
+Reference (unless `--no-reference`): `combined`, the same run with mixing policy `teacher`,
+branches from each seed's iteration 0 (its teacher, train[0] and eval[0] stages, linked as the
+experiment's arms are) in `<work>/s<seed>-combined` and trains the same 30 steps on the teacher's
+rows only. SIKeD − combined at the last iteration, paired over the same questions, per seed and
+pooled over seeds: whether the quickstart's gain is self-guidance or just 30 more steps.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import yaml
 from benchmarks.report import machine
 from benchmarks.student import QUICKSTART
 from siked_runtime import pilot
+from siked_runtime.experiment import ITERATION0_PREFIXES, link_iteration0
 from siked_runtime.graph import EVAL, TRAIN, VALIDATION, StageKey
 from siked_runtime.local_runner import run_local
 from siked_runtime.report import png, pyplot
@@ -114,6 +121,39 @@ def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) ->
     return out
 
 
+def correct(store, iteration: int, name: str) -> tuple[list[str], np.ndarray]:
+    p = predictions(store, iteration, name)
+    ids = sorted(p)
+    return ids, np.array([p[q]["verdict"] == "correct" for q in ids], dtype=float)
+
+
+def against_reference(run, run_dir: Path, ref_dir: Path, last: int) -> dict:
+    """SIKeD's last iteration against combined's, per eval set, on the same questions."""
+    mine, ref = open_store(str(run_dir)), open_store(str(ref_dir))
+    manifests = list_manifests(ref)
+    out = {"own_stage_seconds": round(sum(m.get("duration_seconds") or 0.0 for k, m in manifests.items()
+                                          if k not in ITERATION0_PREFIXES), 1), "sets": {}}
+    for name in eval_sets(run.spec):
+        ids, a = correct(mine, last, name)
+        ref_ids, b = correct(ref, last, name)
+        assert ids == ref_ids, f"{name}: the two runs scored different questions"
+        shares = {s: float(np.mean([r.get("strategy") == s for r in predictions(ref, last, name).values()]))
+                  for s in STRATEGIES}
+        out["sets"][name] = {"n": len(ids), "siked": float(a.mean()), "combined": float(b.mean()),
+                             "siked_correct": a.astype(int).tolist(), "combined_correct": b.astype(int).tolist(),
+                             "diff": paired_bootstrap(a, b, seed=run.spec.seed), "combined_strategies": shares}
+    return out
+
+
+def pooled(results: list[dict], name: str) -> dict | None:
+    """SIKeD − combined on one set, paired bootstrap over seeds × questions."""
+    rows = [r["combined"]["sets"][name] for r in results if name in r.get("combined", {}).get("sets", {})]
+    if len(rows) < 2 or len({row["n"] for row in rows}) != 1:
+        return None
+    return paired_bootstrap(np.array([row["siked_correct"] for row in rows]),
+                            np.array([row["combined_correct"] for row in rows]), seed=0)
+
+
 def render(results: list[dict]) -> str:
     lines = ["# Quickstart, several seeds", "",
              "`examples/quickstart.yaml` with only spec.seed changed. Gain: last iteration − iteration 0 on the "
@@ -133,6 +173,24 @@ def render(results: list[dict]) -> str:
             a, b = f["iteration0"], f["final"]
             lines.append(f"| {r['seed']} | {family} | {f['n']} | {a['accuracy']:.2f} → {b['accuracy']:.2f} | "
                          + " | ".join(f"{a[s]:.2f} → {b[s]:.2f}" for s in STRATEGIES) + " |")
+    if any("combined" in r for r in results):
+        lines += ["", "SIKeD against `combined` (iteration 0 continued on the teacher's rows only, the same steps; "
+                  "paired over the same questions, 95% interval; pooled: paired bootstrap over seeds × questions). "
+                  "Combined's own cot / l2m / pot shares on the set.", "",
+                  "| seed | set | n | combined | SIKeD | SIKeD − combined [95% CI] | p | combined cot / l2m / pot "
+                  "| combined's own stages s |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            for name, c in r.get("combined", {}).get("sets", {}).items():
+                d = c["diff"]
+                lines.append(f"| {r['seed']} | {name} | {c['n']} | {c['combined']:.3f} | {c['siked']:.3f} | "
+                             f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | {d['p']:.3f} | "
+                             + " / ".join(f"{c['combined_strategies'][s]:.2f}" for s in STRATEGIES)
+                             + f" | {r['combined']['own_stage_seconds']} |")
+        for name in results[0].get("combined", {}).get("sets", {}):
+            d = pooled(results, name)
+            if d is not None:
+                lines.append(f"| pooled | {name} | {len(results)} × {results[0]['combined']['sets'][name]['n']} | "
+                             f"| | {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | {d['p']:.3f} | | |")
     for key, whose in (("routing", "the last student's"), ("routing_iteration0", "iteration 0's")):
         lines += ["", f"Routing against {whose} pilot: each family's best strategies from {whose} forced-tag "
                   f"accuracy on {PILOT_QUESTIONS} separate pilot questions (seed {PILOT_SEED}); routing share = test "
@@ -168,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", type=Path, default=Path("runs/quickstart-seeds"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quickstart-seeds"))
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="skip the combined-distillation reference (iteration 0 continued on teacher rows)")
     args = parser.parse_args(argv)
     base = yaml.safe_load(QUICKSTART.read_text())
     results = []
@@ -184,7 +244,15 @@ def main(argv: list[str] | None = None) -> None:
         prior = before.get(seed, {})
         seconds = round(time.perf_counter() - started, 1) if fresh else prior.get("wall_seconds")
         where = machine() if fresh else prior.get("machine")
-        results.append(seed_result(run, run_dir, seconds, where))
+        result = seed_result(run, run_dir, seconds, where)
+        if args.reference:
+            spec = {**base["spec"], "seed": seed, "mixing": {**base["spec"].get("mixing", {}), "policy": "teacher"}}
+            reference = parse_manifest({**base, "spec": spec}, f"quickstart seed {seed}, combined")
+            ref_dir = args.work / f"s{seed}-combined"
+            link_iteration0(run_dir, ref_dir)
+            run_local(reference, ref_dir)
+            result["combined"] = against_reference(run, run_dir, ref_dir, result["last_iteration"])
+        results.append(result)
         saved.write_text(json.dumps(results, indent=1))
         (args.out / "quickstart-seeds.md").write_text(render(results))
         (args.out / "quickstart-seeds.png").write_bytes(plot(results))

@@ -240,3 +240,18 @@ def test_quickstart_routing_share_counts_questions_routed_to_one_of_their_family
     r = routing(best, family, first, final, seed=0)
     assert (r["iteration0"], r["final"]) == (0.5, 0.75)
     assert r["change"]["diff"] == pytest.approx(0.25) and r["change"]["ci"][0] <= 0.25 <= r["change"]["ci"][1]
+
+
+def test_quickstart_reference_is_pooled_over_seeds_and_questions_paired() -> None:
+    from benchmarks.quickstart_seeds import pooled
+
+    def seed(siked, combined):
+        return {"combined": {"sets": {"synthetic-test": {"n": len(siked), "siked_correct": siked,
+                                                         "combined_correct": combined}}}}
+
+    # Seed 0: SIKeD solves 3 questions combined misses; seed 1: combined solves 1 SIKeD misses.
+    results = [seed([1, 1, 1, 0], [0, 0, 0, 0]), seed([0, 1, 0, 1], [1, 1, 0, 1])]
+    d = pooled(results, "synthetic-test")
+    assert d["diff"] == pytest.approx((3 - 1) / 8)
+    assert pooled(results[:1], "synthetic-test") is None          # one seed: nothing to pool
+    assert pooled(results + [seed([1], [0])], "synthetic-test") is None  # unequal sets cannot pair
