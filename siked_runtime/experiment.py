@@ -526,7 +526,8 @@ def run_experiment(path: str | Path, out_dir: str | Path, budget: str | None = N
             f"({shared.spec.training.max_steps} steps) in {shared_dir}")
         run_local(shared, shared_dir)
         if pilot_doc is None:
-            pilot_doc = run_pilot(experiment, shared, shared_dir, out)
+            # `required` is this experiment's setting, also when the pilot was read back from an earlier run.
+            pilot_doc = {**run_pilot(experiment, shared, shared_dir, out), "required": experiment.pilot.required}
             if pilot_only or (experiment.pilot.required and not pilot_doc["gate"]["passed"]):
                 summary = summarize(name, experiment, results, families, pilot_doc, untrained(out))
                 summary["stopped"] = ("pilot only" if pilot_only else f"the pilot's gate refused: "

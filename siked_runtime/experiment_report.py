@@ -199,6 +199,9 @@ def render_markdown(summary: dict) -> str:
         about = (f"The first seed's iteration 0, greedy, on {pilot['questions']} pilot questions (seed {pilot['seed']}) "
                  "with each strategy's tag prefilled; accuracy (correct/n).")
         lines += ["", pilot_markdown(pilot["table"], gate, pilot["strategies"], about), "![pilot](pilot.png)"]
+        if not gate.passed and pilot.get("required") is False:
+            lines += ["", "The gate refused, and this experiment sets `pilot.required: false`, so the arms ran anyway: "
+                      "their comparison stands, but it does not show routing by family."]
     if summary["arms"] and any(a["runs"] for a in summary["arms"].values()):
         lines += [""] + _primary(summary) + [""] + _per_seed(summary) + [""] + _per_iteration(summary) + [""]
         lines += _families(summary)

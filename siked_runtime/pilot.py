@@ -89,7 +89,7 @@ def gate(table: dict[str, dict[str, dict]], min_gap: float = 0.15) -> Gate:
     winners = sorted({best[f] for f in wide})
     reason = (f"no two families differ by {min_gap:.2f} in opposite directions: families with a gap of at least "
               f"{min_gap:.2f}: {', '.join(wide) or 'none'}; their best strategies: {', '.join(winners) or 'none'}. "
-              "Strategy choice cannot matter much on this family set, so the experiment stops here")
+              "Strategy choice cannot matter much on this family set")
     return Gate(False, reason, best, gaps)
 
 

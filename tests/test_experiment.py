@@ -35,7 +35,7 @@ def test_merge_recurses_into_mappings_and_replaces_lists() -> None:
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}  # not modified
 
 
-@pytest.mark.parametrize("budget", [None, "medium", "medium-fp32", "full"])
+@pytest.mark.parametrize("budget", [None, "medium", "medium-routing", "medium-fp32", "full"])
 def test_every_arm_gets_the_same_training_steps(budget) -> None:
     _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", budget)
     runs = arm_runs(experiment, base)
@@ -53,11 +53,13 @@ def test_every_arm_gets_the_same_training_steps(budget) -> None:
     assert {r.spec.mixing.policy for a, _, r in runs if a.name == experiment.reference} == {"teacher"}
 
 
-@pytest.mark.parametrize("budget", ["medium", "medium-fp32"])
+@pytest.mark.parametrize("budget", ["medium", "medium-routing", "medium-fp32"])
 def test_medium_budget_has_power_and_fits(budget) -> None:
     _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", budget)
     spec = shared_run(experiment, base, 0).spec
     assert len(experiment.seeds) >= 3 and spec.datasets.eval[0].synthetic.n >= 300
+    # Only medium-routing goes on past a refusing gate (it asks a question the gate does not guard).
+    assert experiment.pilot.required is (budget != "medium-routing")
 
 
 def test_bad_experiments_fail_clearly(tmp_path: Path) -> None:
@@ -126,7 +128,8 @@ def test_tiny_experiment_pilot_branches_from_iteration0_reports_and_resumes(tmp_
     required.parent.mkdir()
     required.write_text(_experiment(tmp_path, pilot={"questions": 6, "required": True}).read_text())
     assert main(["experiment", str(required), "--dir", str(out)]) == 3
-    assert "Stopped: the pilot's gate refused" in (out / "experiment.md").read_text()
+    stopped = (out / "experiment.md").read_text()
+    assert "Stopped: the pilot's gate refused" in stopped and "the arms ran anyway" not in stopped
 
     path = _experiment(tmp_path)  # not required: the grid runs, reusing iteration 0 and the pilot
     summary = run_experiment(path, out)
@@ -151,6 +154,8 @@ def test_tiny_experiment_pilot_branches_from_iteration0_reports_and_resumes(tmp_
     assert summary["pilot"]["questions"] == 6 and (out / "pilot.png").exists()
     report = (out / "experiment.md").read_text()
     assert "Primary result: fixed final iteration" in report and "| siked-all | 1 |" in report
+    # the same pilot.json, read back, now under an experiment that does not require its gate
+    assert "sets `pilot.required: false`, so the arms ran anyway" in report
     assert "## Per seed (fixed final iteration)" in report
     final = summary["runs"][0]["final"]["strategy_shares"]  # from the test predictions, not the validation's
     assert set(final) == {"validation", "synthetic-test"} and sum(final["synthetic-test"].values()) <= 1.0
