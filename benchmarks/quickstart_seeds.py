@@ -40,7 +40,7 @@ import yaml
 from benchmarks.report import machine
 from benchmarks.student import QUICKSTART
 from siked_runtime import pilot
-from siked_runtime.experiment import ITERATION0_PREFIXES, link_iteration0
+from siked_runtime.experiment import ITERATION0_PREFIXES, link_iteration0, merge
 from siked_runtime.graph import EVAL, TRAIN, VALIDATION, StageKey
 from siked_runtime.local_runner import run_local
 from siked_runtime.report import png, pyplot
@@ -88,6 +88,11 @@ def routing(best: dict[str, dict], family: dict[str, str], first: dict, final: d
             "change": paired_bootstrap(routed["final"], routed["iteration0"], seed=seed)}
 
 
+def correct(rows: dict[str, dict], ids: list[str]) -> np.ndarray:
+    """1.0 where the question's prediction is correct, in the order of `ids`."""
+    return np.array([rows[q]["verdict"] == "correct" for q in ids], dtype=float)
+
+
 def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) -> dict:
     store = open_store(str(run_dir))
     manifests = list_manifests(store)
@@ -101,8 +106,7 @@ def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) ->
     for name in eval_sets(run.spec):
         first, final = predictions(store, 0, name), predictions(store, last, name)
         ids = sorted(first)
-        a = np.array([final[q]["verdict"] == "correct" for q in ids], dtype=float)
-        b = np.array([first[q]["verdict"] == "correct" for q in ids], dtype=float)
+        a, b = correct(final, ids), correct(first, ids)
         out["sets"][name] = {"n": len(ids), "iteration0": float(b.mean()), "final": float(a.mean()),
                              "gain": paired_bootstrap(a, b, seed=run.spec.seed)}
         if name == VALIDATION:
@@ -121,10 +125,6 @@ def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) ->
     return out
 
 
-def correct(store, iteration: int, name: str) -> tuple[list[str], np.ndarray]:
-    p = predictions(store, iteration, name)
-    ids = sorted(p)
-    return ids, np.array([p[q]["verdict"] == "correct" for q in ids], dtype=float)
 
 
 def against_reference(run, run_dir: Path, ref_dir: Path, last: int) -> dict:
@@ -134,11 +134,11 @@ def against_reference(run, run_dir: Path, ref_dir: Path, last: int) -> dict:
     out = {"own_stage_seconds": round(sum(m.get("duration_seconds") or 0.0 for k, m in manifests.items()
                                           if k not in ITERATION0_PREFIXES), 1), "sets": {}}
     for name in eval_sets(run.spec):
-        ids, a = correct(mine, last, name)
-        ref_ids, b = correct(ref, last, name)
-        assert ids == ref_ids, f"{name}: the two runs scored different questions"
-        shares = {s: float(np.mean([r.get("strategy") == s for r in predictions(ref, last, name).values()]))
-                  for s in STRATEGIES}
+        ours, theirs = predictions(mine, last, name), predictions(ref, last, name)
+        ids = sorted(ours)
+        assert ids == sorted(theirs), f"{name}: the two runs scored different questions"
+        a, b = correct(ours, ids), correct(theirs, ids)
+        shares = {s: float(np.mean([r.get("strategy") == s for r in theirs.values()])) for s in STRATEGIES}
         out["sets"][name] = {"n": len(ids), "siked": float(a.mean()), "combined": float(b.mean()),
                              "siked_correct": a.astype(int).tolist(), "combined_correct": b.astype(int).tolist(),
                              "diff": paired_bootstrap(a, b, seed=run.spec.seed), "combined_strategies": shares}
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         where = machine() if fresh else prior.get("machine")
         result = seed_result(run, run_dir, seconds, where)
         if args.reference:
-            spec = {**base["spec"], "seed": seed, "mixing": {**base["spec"].get("mixing", {}), "policy": "teacher"}}
+            spec = merge(base["spec"], {"seed": seed, "mixing": {"policy": "teacher"}})
             reference = parse_manifest({**base, "spec": spec}, f"quickstart seed {seed}, combined")
             ref_dir = args.work / f"s{seed}-combined"
             link_iteration0(run_dir, ref_dir)
