@@ -6,7 +6,8 @@ For a run's iteration-t student, this answers the first test questions of each f
 greedily with each given strategy's tag prefilled (as the pilot does for iteration 0) and
 prints, per family, the accuracy with each forced tag beside the accuracy of the student's
 own choice on the same questions (from eval[t]'s predictions). When a forced tag recovers
-what another arm scores, the arm lost on routing, not on what it learnt to write.
+what another arm scores, the arm lost on routing, not on what it learnt to write. Below
+each run, the forced text answers' false arithmetic and comparisons (`siked_runtime/claims.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from siked_runtime.graph import EVAL, TRAIN, StageKey
 from siked_runtime.local_runner import saved_run
-from siked_runtime.pilot import family_of, forced_rows, tabulate
+from siked_runtime.pilot import claims_markdown, family_of, forced_rows, tabulate
 from siked_runtime.stages.common import local_model
 from siked_runtime.stages.data import eval_sets
 from siked_runtime.storage import open_store
@@ -37,7 +38,8 @@ def first_per_family(records: list[dict], per_family: int) -> list[dict]:
 
 def own_choice(predictions: dict[str, dict], records: list[dict]) -> dict[str, dict]:
     """{family: {"correct", "n", "accuracy"}} of the student's own greedy answers."""
-    rows = [{"family": family_of(r), "forced": "own", "verdict": predictions[r["id"]]["verdict"]} for r in records]
+    rows = [{"family": family_of(r), "forced": "own", "verdict": predictions[r["id"]]["verdict"],
+             "completion": predictions[r["id"]].get("completion")} for r in records]
     return {family: cells["own"] for family, cells in tabulate(rows).items()}
 
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                                f"{forced[family][s]['n']})" for s in args.strategies)
             print(f"| {Path(run).name} it {args.iteration} | {family} | {own[family]['n']} | "
                   f"{own[family]['accuracy']:.3f} | {cells} |", flush=True)
+        print("\n".join(["", *claims_markdown(forced, args.strategies)]), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
 

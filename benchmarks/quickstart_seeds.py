@@ -109,13 +109,12 @@ def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) ->
         a, b = correct(final, ids), correct(first, ids)
         out["sets"][name] = {"n": len(ids), "iteration0": float(b.mean()), "final": float(a.mean()),
                              "gain": paired_bootstrap(a, b, seed=run.spec.seed)}
-        if name == VALIDATION:
-            continue
-        if "routing" not in out:  # the first test set; the pilots are per run, not per set
-            out["routing"] = {"set": name, **routing(best_strategies(run, run_dir, last), families, first, final,
-                                                     run.spec.seed)}
-            out["routing_iteration0"] = {"set": name, **routing(best_strategies(run, run_dir, 0), families, first,
-                                                                final, run.spec.seed)}
+        if name == VALIDATION or "routing" in out:
+            continue  # routing and the family table: the first test set only (the pilots are per run, not per set)
+        out["routing"] = {"set": name, **routing(best_strategies(run, run_dir, last), families, first, final,
+                                                 run.spec.seed)}
+        out["routing_iteration0"] = {"set": name, **routing(best_strategies(run, run_dir, 0), families, first,
+                                                            final, run.spec.seed)}
         for family in sorted({families[q] for q in ids}):
             mine = [q for q in ids if families[q] == family]
             out["families"][family] = {

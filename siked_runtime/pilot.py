@@ -9,6 +9,11 @@ with counts. Strategy choice can only matter when strategies win on different fa
 the experiment proceeds only when the gate passes: at least two families whose best and
 worst strategies are at least `min_gap` apart, in opposite directions (strategy s beats t by
 ≥ min_gap on one family, and t beats s by ≥ min_gap on another).
+
+Beside accuracy, each cell counts what the answers state in writing (`claims.py`): false
+arithmetic and false comparisons, and the wrong answers that hold one. When text loses to a
+program, this says whether it lost where Python does the work (a sum, the comparison that
+picks a rule's case) or in choosing which quantities to combine.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from siked_runtime.claims import Claims, check
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import log
 from siked_runtime.strategies import tag
@@ -47,15 +53,24 @@ def forced_rows(spec: DistillationSpec, model_path, records: list[dict], strateg
 
 
 def tabulate(rows: list[dict]) -> dict[str, dict[str, dict]]:
-    """{family: {strategy: {"correct", "n", "accuracy"}}} from verified forced rows."""
+    """{family: {strategy: {"correct", "n", "accuracy", "claims"}}} from verified forced rows.
+
+    `claims` counts what the answers state in writing (`claims.py`): arithmetic and comparisons
+    checked and false, and how many wrong answers hold a false one."""
     table: dict[str, dict[str, dict]] = {}
+    totals: dict[tuple[str, str], Claims] = {}
     for row in rows:
-        cell = table.setdefault(row["family"], {}).setdefault(row["forced"], {"correct": 0, "n": 0})
+        cell = table.setdefault(row["family"], {}).setdefault(row["forced"], {"correct": 0, "n": 0,
+                                                                              "wrong_with_false_claim": 0})
         cell["n"] += 1
         cell["correct"] += row["verdict"] == "correct"
-    for cells in table.values():
-        for cell in cells.values():
+        claims = check(row.get("completion") or "")
+        totals[row["family"], row["forced"]] = totals.get((row["family"], row["forced"]), Claims()) + claims
+        cell["wrong_with_false_claim"] += row["verdict"] != "correct" and claims.false > 0
+    for family, cells in table.items():
+        for strategy, cell in cells.items():
             cell["accuracy"] = cell["correct"] / cell["n"]
+            cell["claims"] = asdict(totals[family, strategy])
     return table
 
 
@@ -103,7 +118,31 @@ def render_markdown(table: dict[str, dict[str, dict]], result: Gate, strategies:
         lines.append(f"| {family} | " + " | ".join(shown) + f" | {result.best.get(family, '–')} | "
                      f"{result.gaps.get(family, 0):.3f} |")
     lines += ["", f"Gate {'passed' if result.passed else 'refused'}: {result.reason}.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + claims_markdown(table, strategies))
+
+
+def claims_markdown(table: dict[str, dict[str, dict]], strategies: list[str]) -> list[str]:
+    """Where the forced answers' written claims are false (text strategies: a program's are Python's)."""
+    def share(false: int, checked: int) -> str:
+        return f"{false / checked:.2f} ({false}/{checked})" if checked else "–"
+
+    rows = []
+    for family, cells in table.items():
+        for s in strategies:
+            claims = cells.get(s, {}).get("claims")
+            if not claims or not (claims["arithmetic"] or claims["comparisons"]):
+                continue
+            wrong = cells[s]["n"] - cells[s]["correct"]
+            rows.append(f"| {family} | {s} | {share(claims['arithmetic_false'], claims['arithmetic'])} | "
+                        f"{share(claims['comparisons_false'], claims['comparisons'])} | "
+                        f"{share(cells[s]['wrong_with_false_claim'], wrong)} |")
+    if not rows:
+        return []
+    return ["What the forced answers state in writing, checked (`claims.py`): the share of false arithmetic "
+            "(`17 * 4 = 68`, `35 / 9 = 3 with 8 left over`) and false comparisons (`17 is more than 12`), and of "
+            "the wrong answers, how many hold a false one.", "",
+            "| family | strategy | arithmetic false | comparisons false | wrong answers with a false claim |",
+            "|---|---|---|---|---|", *rows, ""]
 
 
 def plot(table: dict[str, dict[str, dict]], strategies: list[str]) -> bytes:

@@ -147,10 +147,12 @@ def test_forced_tag_compares_on_the_first_questions_of_each_family() -> None:
     records = [{"id": str(i), "meta": {"family": "ab"[i % 2]}} for i in range(7)]
     chosen = first_per_family(records, 2)
     assert [r["id"] for r in chosen] == ["0", "1", "2", "3"]
-    predictions = {"0": {"verdict": "correct"}, "1": {"verdict": "wrong"}, "2": {"verdict": "wrong"},
-                   "3": {"verdict": "correct"}}
-    assert own_choice(predictions, chosen) == {"a": {"correct": 1, "n": 2, "accuracy": 0.5},
-                                               "b": {"correct": 1, "n": 2, "accuracy": 0.5}}
+    predictions = {"0": {"verdict": "correct"}, "1": {"verdict": "wrong", "completion": "[cot]\n2 + 2 = 5.\nAnswer: 5"},
+                   "2": {"verdict": "wrong"}, "3": {"verdict": "correct"}}
+    own = own_choice(predictions, chosen)
+    assert {f: {k: c[k] for k in ("correct", "n", "accuracy")} for f, c in own.items()} == {
+        "a": {"correct": 1, "n": 2, "accuracy": 0.5}, "b": {"correct": 1, "n": 2, "accuracy": 0.5}}
+    assert own["b"]["claims"]["arithmetic_false"] == 1 and own["b"]["wrong_with_false_claim"] == 1
 
 
 def test_batch_mix_summarises_what_the_steps_saw() -> None:

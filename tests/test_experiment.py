@@ -10,7 +10,7 @@ import yaml
 
 from siked_runtime.cli import main
 from siked_runtime.experiment import arm_runs, load_experiment, merge, run_experiment, shared_run
-from siked_runtime.pilot import gate, tabulate
+from siked_runtime.pilot import gate, render_markdown, tabulate
 from siked_runtime.storage import list_manifests, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,38 @@ def test_pilot_gate_needs_two_families_with_opposite_winners() -> None:
 def test_pilot_tabulates_counts_per_family_and_strategy() -> None:
     rows = [{"family": "a", "forced": "cot", "verdict": v} for v in ("correct", "wrong", "correct")]
     rows += [{"family": "a", "forced": "pot", "verdict": "timeout"}, {"family": "b", "forced": "pot", "verdict": "correct"}]
-    assert tabulate(rows) == {"a": {"cot": cell(2, 3), "pot": cell(0, 1)}, "b": {"pot": cell(1, 1)}}
+    table = tabulate(rows)
+    assert {f: {s: {k: c[k] for k in ("correct", "n", "accuracy")} for s, c in cells.items()}
+            for f, cells in table.items()} == {"a": {"cot": cell(2, 3), "pot": cell(0, 1)}, "b": {"pot": cell(1, 1)}}
+    assert table["a"]["cot"]["claims"] == {"arithmetic": 0, "arithmetic_false": 0, "comparisons": 0,
+                                           "comparisons_false": 0}
+
+
+def test_pilot_counts_the_false_claims_of_wrong_text_answers() -> None:
+    rows = [  # wrong: a false comparison picks the wrong case
+        {"family": "piecewise", "forced": "cot", "verdict": "wrong",
+         "completion": "[cot]\n3 is more than 5, so the bonus is 7.\nThe total is 4 + 7 = 11.\nAnswer: 11"},
+        # wrong, with every written claim true (it combined the wrong quantities)
+        {"family": "piecewise", "forced": "cot", "verdict": "wrong",
+         "completion": "[cot]\n8 is not more than 9, so the fee is 3.\nThe total is 8 + 2 = 10.\nAnswer: 10"},
+        # right: true claims
+        {"family": "piecewise", "forced": "cot", "verdict": "correct",
+         "completion": "[cot]\n12 is more than 6, so the price is 6.\nThe cost is 12 * 6 = 72.\nAnswer: 72"},
+        # wrong: false arithmetic, and a false remainder
+        {"family": "round_up", "forced": "cot", "verdict": "wrong",
+         "completion": "[cot]\nThe bagels are 5 * 7 = 36.\n36 / 9 = 4 with 1 left over, so 5.\nAnswer: 5"},
+        {"family": "round_up", "forced": "pot", "verdict": "wrong", "completion": "[pot]\nanswer = 36 // 9"},
+    ]
+    table = tabulate(rows)
+    assert table["piecewise"]["cot"]["claims"] == {"arithmetic": 3, "arithmetic_false": 0, "comparisons": 3,
+                                                   "comparisons_false": 1}
+    assert table["piecewise"]["cot"]["wrong_with_false_claim"] == 1
+    assert table["round_up"]["cot"]["claims"]["arithmetic_false"] == 2
+    assert table["round_up"]["cot"]["wrong_with_false_claim"] == 1
+    shown = render_markdown(table, gate(table), ["cot", "l2m", "pot"], "about")
+    assert "| piecewise | cot | 0.00 (0/3) | 0.33 (1/3) | 0.50 (1/2) |" in shown
+    assert "| round_up | cot | 1.00 (2/2) | – | 1.00 (1/1) |" in shown
+    assert "| round_up | pot |" not in shown  # a program's claims are Python's: nothing written to check
 
 
 @pytest.mark.slow
