@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("runs/bench"),
                         help="where the trained student and logs are kept (default runs/bench)")
     parser.add_argument("--student", type=Path, help="a fine-tuned student directory, instead of training one")
+    parser.add_argument("--sample-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="P6: the student's dtype while sampling (float32 makes a question's j-th draw the same "
+                             "in both runs; in bf16 the questions batched beside it can change it)")
     return parser.parse_args(argv)
 
 
@@ -79,7 +82,7 @@ def run_one(name: str, args: argparse.Namespace, device: str, student) -> list[M
         return ddp.run(args.quick)
     from benchmarks import budget
 
-    return budget.run(student(), device, args.quick)
+    return budget.run(student(), device, args.quick, args.sample_dtype)
 
 
 def main(argv: list[str] | None = None) -> int:

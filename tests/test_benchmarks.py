@@ -78,6 +78,17 @@ def _draw(q: str, rnd: int, verdict: str, predicted: str | None = None, completi
     return {"id": q, "round": str(rnd), "verdict": verdict, "predicted": predicted, "completion": completion}
 
 
+def test_budget_samples_both_sides_alike_but_for_the_adaptive_budget_and_the_chosen_dtype() -> None:
+    from benchmarks.budget import sample_spec
+
+    ours, fixed = sample_spec(5, 4, 1, True, "float32"), sample_spec(5, 4, 1, False, "float32")
+    assert ours.student.dtype == fixed.student.dtype == "float32"
+    assert ours.iterations.adaptive_budget and not fixed.iterations.adaptive_budget
+    assert (ours.iterations.samples_per_question, ours.iterations.max_correct_per_question) == (4, 1)
+    assert ours.datasets.train.synthetic.n - ours.datasets.validation_from_train == 5 and ours.datasets.eval == []
+    assert sample_spec(5, 4, 1, True).student.dtype == "auto"
+
+
 def test_budget_trace_replays_lower_give_up_settings_exactly() -> None:
     from benchmarks.budget_trace import first_failure_signals, hazard, replay, traces
 

@@ -10,10 +10,11 @@ runs in rounds of one sample per question still open:
 * a question with some, but fewer than m, correct samples — where another correct one is
   likely — may go on to 2k samples while the saved budget lasts.
 
-The total never exceeds k × questions. A question's j-th sample is the same draw in both
-modes (its own seed and sample index, not the round's), so rounds of one sample are fixed
-k's samples cut short: the adaptive budget solves every question fixed k solves within the
-first `giveUpAfter` samples. Writes `iter-NNN/sample/correct.jsonl.gz` and
+The total never exceeds k × questions. A question's j-th sample has the same seed in both
+modes (its own seed and sample index, not the round's), so in float32 rounds of one sample
+are fixed k's samples cut short: the adaptive budget solves every question fixed k solves
+within the first `giveUpAfter` samples. In bf16 the questions batched beside a sample can
+change one of its tokens, and so the rest of the draw. Writes `iter-NNN/sample/correct.jsonl.gz` and
 `iter-NNN/sample/all.jsonl.gz`; the manifest records k, m, temperature and top-p. Under
 the `teacher` mixing policy (a baseline) nothing is sampled. A sharded stage
 (`sampling.shards`) samples each part's questions apart (stages/shards.py); the
@@ -100,8 +101,8 @@ def run_sample(spec: DistillationSpec, store: Store, iteration: int) -> dict:
             for qid, n in round_plan.items():
                 groups[n].append(qid)
             for n, qids in sorted(groups.items()):
-                # A question's j-th sample is the same in every round plan: rounds of one sample draw
-                # exactly the first samples that fixed k draws at once (paired, so coverage can only match).
+                # A question's j-th sample has the same seed in every round plan: rounds of one sample draw
+                # the first samples that fixed k draws at once (exactly in float32; see the docstring on bf16).
                 completions = gen.generate(
                     [records[q]["question"] for q in qids], n=n, temperature=it.temperature,
                     max_new_tokens=spec.sampling.max_new_tokens, what=f"sample[{iteration}] round {rounds + 1}",
