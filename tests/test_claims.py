@@ -31,6 +31,10 @@ from siked_runtime.teachers.oracle import solutions
     ("15 is less than 17", Claims(0, 0, 1, 0)),
     ("version 1.2 = 3; the cost is 68; Answer: 12", Claims(0, 0)),
     ("pens = 17\nanswer = pens * 4", Claims(0, 0)),               # a program states no written result
+    ("In 2019, 3 + 4 = 7.", Claims(1, 0)),                        # the expression starts after the year
+    ("Step 2: 3 + 4 = 8", Claims(1, 1)),
+    ("3 + 4 = 7 + 2 = 9", Claims(2, 0)),                          # a chain: each `=` checks its own side
+    ("5 x 7 = 35 boxes", Claims(1, 0)),
 ])
 def test_claims_are_counted_and_checked(text: str, expected: Claims) -> None:
     assert check(text) == expected
@@ -45,3 +49,20 @@ def test_the_oracle_never_writes_a_false_claim() -> None:
                 total = total + check(row["completion"])
     assert total.false == 0
     assert total.arithmetic > 200 and total.comparisons > 10  # the checks read the oracle's own phrasing
+
+
+@pytest.mark.parametrize("text", [
+    "1 + " * 3000,                                   # a long sum and no `=`
+    "1 + " * 3000 + "1 = 3001",                      # longer than a step: not read
+    "1" + " " * 5000 + "+" + " " * 5000 + "2" + " " * 5000 + "= 3",
+    "9" * 6000 + " * 2 = 5",                         # a number too long to be arithmetic
+    "(1 + (2 + (3" * 500 + " = 5",
+    "1 - - - - - " * 2000 + "= 3",
+    "1,000,000," * 2000 + " + 1 = 2",
+    "1" * 5000 + " is more than 2",
+    "=" * 10000,
+])
+def test_hostile_text_is_read_without_error_and_claims_nothing(text: str) -> None:
+    """A model's output is untrusted: a pathological answer gets no claim and no exception (and, since
+    each `=` reads a bounded window back, no time that grows with the square of its length)."""
+    assert check(text) == Claims()
