@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
@@ -152,3 +152,27 @@ def check(text: str) -> Claims:
         comparisons += 1
         comparisons_false += _RELATIONS[relation](a, b) == bool(negated)
     return Claims(arithmetic, arithmetic_false, comparisons, comparisons_false)
+
+
+def tally(rows: list[dict]) -> dict:
+    """The claims of verified answers ({completion, verdict}) added up, and how many of the wrong ones
+    hold a false claim: {"arithmetic", "arithmetic_false", "comparisons", "comparisons_false", "wrong",
+    "wrong_with_false_claim"}."""
+    total, wrong, wrong_false = Claims(), 0, 0
+    for row in rows:
+        claims = check(row.get("completion") or "")
+        total = total + claims
+        if row.get("verdict") != "correct":
+            wrong += 1
+            wrong_false += claims.false > 0
+    return asdict(total) | {"wrong": wrong, "wrong_with_false_claim": wrong_false}
+
+
+def markdown_cells(counts: dict) -> str:
+    """A `tally` as three table cells: arithmetic false, comparisons false, wrong answers with a false claim."""
+    def share(false: int, checked: int) -> str:
+        return f"{false / checked:.2f} ({false}/{checked})" if checked else "–"
+
+    return " | ".join([share(counts["arithmetic_false"], counts["arithmetic"]),
+                       share(counts["comparisons_false"], counts["comparisons"]),
+                       share(counts["wrong_with_false_claim"], counts["wrong"])])

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from siked_runtime.claims import Claims, check
+from siked_runtime.claims import markdown_cells, tally
 from siked_runtime.spec import DistillationSpec
 from siked_runtime.stages.common import log
 from siked_runtime.strategies import tag
@@ -55,22 +55,17 @@ def forced_rows(spec: DistillationSpec, model_path, records: list[dict], strateg
 def tabulate(rows: list[dict]) -> dict[str, dict[str, dict]]:
     """{family: {strategy: {"correct", "n", "accuracy", "claims"}}} from verified forced rows.
 
-    `claims` counts what the answers state in writing (`claims.py`): arithmetic and comparisons
+    `claims` counts what the answers state in writing (`claims.tally`): arithmetic and comparisons
     checked and false, and how many wrong answers hold a false one."""
-    table: dict[str, dict[str, dict]] = {}
-    totals: dict[tuple[str, str], Claims] = {}
+    cells: dict[str, dict[str, list[dict]]] = {}
     for row in rows:
-        cell = table.setdefault(row["family"], {}).setdefault(row["forced"], {"correct": 0, "n": 0,
-                                                                              "wrong_with_false_claim": 0})
-        cell["n"] += 1
-        cell["correct"] += row["verdict"] == "correct"
-        claims = check(row.get("completion") or "")
-        totals[row["family"], row["forced"]] = totals.get((row["family"], row["forced"]), Claims()) + claims
-        cell["wrong_with_false_claim"] += row["verdict"] != "correct" and claims.false > 0
-    for family, cells in table.items():
-        for strategy, cell in cells.items():
-            cell["accuracy"] = cell["correct"] / cell["n"]
-            cell["claims"] = asdict(totals[family, strategy])
+        cells.setdefault(row["family"], {}).setdefault(row["forced"], []).append(row)
+    table: dict[str, dict[str, dict]] = {}
+    for family, by_strategy in cells.items():
+        for strategy, mine in by_strategy.items():
+            correct = sum(r["verdict"] == "correct" for r in mine)
+            table.setdefault(family, {})[strategy] = {"correct": correct, "n": len(mine),
+                                                      "accuracy": correct / len(mine), "claims": tally(mine)}
     return table
 
 
@@ -123,19 +118,13 @@ def render_markdown(table: dict[str, dict[str, dict]], result: Gate, strategies:
 
 def claims_markdown(table: dict[str, dict[str, dict]], strategies: list[str]) -> list[str]:
     """Where the forced answers' written claims are false (text strategies: a program's are Python's)."""
-    def share(false: int, checked: int) -> str:
-        return f"{false / checked:.2f} ({false}/{checked})" if checked else "–"
-
     rows = []
     for family, cells in table.items():
         for s in strategies:
             claims = cells.get(s, {}).get("claims")
             if not claims or not (claims["arithmetic"] or claims["comparisons"]):
                 continue
-            wrong = cells[s]["n"] - cells[s]["correct"]
-            rows.append(f"| {family} | {s} | {share(claims['arithmetic_false'], claims['arithmetic'])} | "
-                        f"{share(claims['comparisons_false'], claims['comparisons'])} | "
-                        f"{share(cells[s]['wrong_with_false_claim'], wrong)} |")
+            rows.append(f"| {family} | {s} | {markdown_cells(claims)} |")
     if not rows:
         return []
     return ["What the forced answers state in writing, checked (`claims.py`): the share of false arithmetic "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from typing import Mapping
 
+from siked_runtime.claims import markdown_cells
 from siked_runtime.graph import (BASELINE, EVAL, REFERENCE, SAMPLE, TEACHER, TEACHER_EVAL, TRAIN, VALIDATION,
                                  StageKey, plan)
 from siked_runtime.spec import DistillationSpec, Method
@@ -36,6 +37,7 @@ def build_report(spec: DistillationSpec, done: Mapping[str, Mapping]) -> dict:
             "sample_accuracy": sa.get("sample_accuracy"),
             "eval": ev["accuracy"],
             "strategy_shares": ev["strategy_shares"][VALIDATION],
+            "claims": ev.get("claims", {}).get(VALIDATION),
             "train_strategy_shares": tr.get("strategy_shares"),
             "kl_train_to_student": ev.get("kl_train_to_student"),
             "regressed": flags[t].regressed,
@@ -121,12 +123,29 @@ def render_markdown(name: str, report: dict) -> str:
         lines.append(f"| {it['iteration']} | {it['teacher_rows']} | {it['self_rows']} | {_fmt(it['alpha'])} | "
                      f"{_fmt(it['sample_accuracy'])} | {shares} | {_fmt(it['kl_train_to_student'])} | "
                      f"{_fmt(it['train_loss'])} |")
+    lines += render_claims(report["iterations"])
     if "teacher_usage" in report:
         lines += render_teacher_usage(report["teacher_usage"])
     if "skintern" in report:
         lines += render_skintern(report, sets)
     lines += ["", "![accuracy](accuracy.png)", "", "![strategies](strategies.png)", ""]
     return "\n".join(lines)
+
+
+def render_claims(iterations: list[dict]) -> list[str]:
+    """What the student's text answers on the validation split state in writing, checked (`claims.py`)."""
+    rows = [(it["iteration"], it["claims"]) for it in iterations if it.get("claims")]
+    if not any(c["arithmetic"] or c["comparisons"] for _, c in rows):
+        return []
+    lines = ["", "## Written claims of the text answers (validation)", "",
+             "The cot and l2m answers' arithmetic (`17 * 4 = 68`) and comparisons (`17 is more than 12`), checked; "
+             "a program's are Python's. Where most wrong text answers hold a false claim, the student loses on "
+             "what a program would have computed for it.", "",
+             "| iteration | arithmetic false | comparisons false | wrong text answers with a false claim |",
+             "|---|---|---|---|"]
+    for t, c in rows:
+        lines.append(f"| {t} | {markdown_cells(c)} |")
+    return lines
 
 
 def render_skintern(report: dict, sets: list[str]) -> list[str]:

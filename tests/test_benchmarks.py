@@ -163,7 +163,7 @@ def test_forced_tag_compares_on_the_first_questions_of_each_family() -> None:
     own = own_choice(predictions, chosen)
     assert {f: {k: c[k] for k in ("correct", "n", "accuracy")} for f, c in own.items()} == {
         "a": {"correct": 1, "n": 2, "accuracy": 0.5}, "b": {"correct": 1, "n": 2, "accuracy": 0.5}}
-    assert own["b"]["claims"]["arithmetic_false"] == 1 and own["b"]["wrong_with_false_claim"] == 1
+    assert own["b"]["claims"]["arithmetic_false"] == 1 and own["b"]["claims"]["wrong_with_false_claim"] == 1
 
 
 def test_batch_mix_summarises_what_the_steps_saw() -> None:

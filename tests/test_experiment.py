@@ -114,7 +114,7 @@ def test_pilot_tabulates_counts_per_family_and_strategy() -> None:
     assert {f: {s: {k: c[k] for k in ("correct", "n", "accuracy")} for s, c in cells.items()}
             for f, cells in table.items()} == {"a": {"cot": cell(2, 3), "pot": cell(0, 1)}, "b": {"pot": cell(1, 1)}}
     assert table["a"]["cot"]["claims"] == {"arithmetic": 0, "arithmetic_false": 0, "comparisons": 0,
-                                           "comparisons_false": 0}
+                                           "comparisons_false": 0, "wrong": 1, "wrong_with_false_claim": 0}
 
 
 def test_pilot_counts_the_false_claims_of_wrong_text_answers() -> None:
@@ -134,10 +134,9 @@ def test_pilot_counts_the_false_claims_of_wrong_text_answers() -> None:
     ]
     table = tabulate(rows)
     assert table["piecewise"]["cot"]["claims"] == {"arithmetic": 3, "arithmetic_false": 0, "comparisons": 3,
-                                                   "comparisons_false": 1}
-    assert table["piecewise"]["cot"]["wrong_with_false_claim"] == 1
+                                                   "comparisons_false": 1, "wrong": 2, "wrong_with_false_claim": 1}
     assert table["round_up"]["cot"]["claims"]["arithmetic_false"] == 2
-    assert table["round_up"]["cot"]["wrong_with_false_claim"] == 1
+    assert table["round_up"]["cot"]["claims"]["wrong_with_false_claim"] == 1
     shown = render_markdown(table, gate(table), ["cot", "l2m", "pot"], "about")
     assert "| piecewise | cot | 0.00 (0/3) | 0.33 (1/3) | 0.50 (1/2) |" in shown
     assert "| round_up | cot | 1.00 (2/2) | – | 1.00 (1/1) |" in shown

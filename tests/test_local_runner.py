@@ -46,6 +46,9 @@ def test_report_contract(smoke_run):
                            "strategy_shares"}
         assert all(0 <= acc <= 1 for acc in it["eval"].values())
         assert set(it["strategy_shares"]) == {"cot", "l2m", "pot"}
+        assert set(it["claims"]) == {"arithmetic", "arithmetic_false", "comparisons", "comparisons_false", "wrong",
+                                     "wrong_with_false_claim"}
+        assert it["claims"]["wrong_with_false_claim"] <= it["claims"]["wrong"]
     first, second = report["iterations"]
     assert first["alpha"] is None and first["self_rows"] == 0 and first["teacher_rows"] > 0
     assert second["sample_accuracy"] is not None

@@ -91,3 +91,23 @@ def test_teacher_usage_and_cost_in_one_table_row():
     unpriced = teacher_usage(_teacher_spec(), {"questions": 200, "usage": {**USAGE, "replies_without_usage": 4}})
     text = render_markdown("demo", _full_report(teacher_usage=unpriced))
     assert "| 3 of 400 | – |" in text and "4 replies came without token usage" in text
+
+
+def test_report_shows_the_written_claims_of_the_text_answers_per_iteration():
+    from siked_runtime.claims import tally
+    from siked_runtime.report import render_markdown
+
+    rows = [{"completion": "[cot]\n3 is more than 5, so 7.\n4 + 7 = 11.\nAnswer: 11", "verdict": "wrong"},
+            {"completion": "[cot]\n2 * 4 = 8.\nAnswer: 8", "verdict": "correct"},
+            {"completion": "[l2m]\nQ: How many?\nA: 6 * 6 = 42.\nAnswer: 42", "verdict": "wrong"},
+            {"completion": "[cot]\nThe cost is 9.\nAnswer: 9", "verdict": "wrong"}]  # nothing written to check
+    counts = tally(rows)
+    assert counts == {"arithmetic": 3, "arithmetic_false": 1, "comparisons": 1, "comparisons_false": 1,
+                      "wrong": 3, "wrong_with_false_claim": 2}
+    report = _full_report()
+    report["iterations"] = [{**it, "claims": counts if it["iteration"] else None} for it in report["iterations"]]
+    text = render_markdown("demo", report)
+    assert "## Written claims of the text answers (validation)" in text
+    assert "| 1 | 0.33 (1/3) | 1.00 (1/1) | 0.67 (2/3) |" in text
+    assert "| 0 |" not in text.split("## Written claims")[1]  # an iteration without counts gets no row
+    assert "## Written claims" not in render_markdown("demo", _full_report())  # older manifests: no section

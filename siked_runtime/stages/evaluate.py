@@ -2,8 +2,10 @@
 
 Writes `predictions-<set>.jsonl.gz` per set. The manifest's `accuracy.validation`
 is what the stage graph selects on; test sets are only reported. It also records
-the student's strategy shares and, for eval[t], the KL divergence between the
-strategy distribution of iteration t's training data and the student's own.
+the student's strategy shares, the written claims of its text answers checked
+(`claims.py`: false arithmetic and comparisons, and the wrong answers that hold one),
+and, for eval[t], the KL divergence between the strategy distribution of iteration t's
+training data and the student's own.
 With `evaluation.shards` > 1 each part scores its slice of every set and the
 merge (stages/shards.py) scores the sets whole again.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from siked_runtime.claims import tally
 from siked_runtime.graph import BASELINE, EVAL, TEACHER_EVAL, TRAIN, VALIDATION, StageKey
 from siked_runtime.scoring import accuracy, accuracy_by_strategy, kl_divergence, strategy_shares
 from siked_runtime.spec import DistillationSpec
@@ -24,18 +27,21 @@ from siked_runtime.storage import Store, read_manifest
 
 
 def score(rows: list[dict]) -> dict:
+    """A set's accuracy, strategy use, and the written claims of its text (non-pot) answers (`claims.tally`)."""
     return {"accuracy": accuracy(rows), "strategy_shares": strategy_shares(rows),
-            "accuracy_by_strategy": accuracy_by_strategy(rows), "n": len(rows)}
+            "accuracy_by_strategy": accuracy_by_strategy(rows), "n": len(rows),
+            "claims": tally([r for r in rows if r.get("strategy") != "pot"])}
 
 
 def publish_sets(store: Store, prefix: str, scored: dict[str, list[dict]]) -> dict:
     """Write each set's predictions under `prefix` and score them: the manifest's per-set maps."""
-    manifest = {"accuracy": {}, "strategy_shares": {}, "accuracy_by_strategy": {}, "n": {}, "predictions": {}}
+    manifest = {"accuracy": {}, "strategy_shares": {}, "accuracy_by_strategy": {}, "n": {}, "claims": {},
+                "predictions": {}}
     for name, rows in scored.items():
         key = f"{prefix}/predictions-{name}.jsonl.gz"
         store.write_jsonl(key, rows)
         s = score(rows)
-        for field in ("accuracy", "strategy_shares", "accuracy_by_strategy", "n"):
+        for field in ("accuracy", "strategy_shares", "accuracy_by_strategy", "n", "claims"):
             manifest[field][name] = s[field]
         manifest["predictions"][name] = store.url(key)
         log(f"{prefix}: {name} accuracy {s['accuracy']:.3f} on {s['n']} questions")
