@@ -70,7 +70,8 @@ def run(student: Path, device: str, quick: bool, dtype: str = "auto") -> list[Me
     ours, base = results["ours"], results["baseline"]
     keys = ("samples", "generated_tokens", "rows", "questions_solved", "rounds", "seconds")
     context = {"model": "SmolLM2-135M-Instruct (fine-tuned)", "device": device, "n": ours["questions"], "k": k, "m": m,
-               "budget": k * ours["questions"], "sample_dtype": dtype, **{key: {"ours": ours[key], "baseline": base[key]} for key in keys}}
+               "budget": k * ours["questions"], "sample_dtype": dtype,
+               **{key: {"ours": ours[key], "baseline": base[key]} for key in keys}}
     m_ = Measurement("P6", "tokens sampled per correct sample kept, adaptive budget vs fixed k",
                      ours["tokens_per_correct"] or float("inf"), base["tokens_per_correct"] or float("inf"),
                      "tokens/correct", GOAL, False, context)

@@ -40,10 +40,11 @@ import yaml
 from benchmarks.report import machine
 from benchmarks.student import QUICKSTART
 from siked_runtime import pilot
-from siked_runtime.experiment import ITERATION0_PREFIXES, link_iteration0, merge
+from siked_runtime.experiment import link_iteration0, merge, own_seconds
 from siked_runtime.graph import EVAL, TRAIN, VALIDATION, StageKey
 from siked_runtime.local_runner import run_local
 from siked_runtime.report import png, pyplot
+from siked_runtime.scoring import strategy_shares
 from siked_runtime.spec import parse_manifest
 from siked_runtime.stages.common import local_model
 from siked_runtime.stages.data import eval_sets
@@ -119,28 +120,24 @@ def seed_result(run, run_dir: Path, seconds: float | None, where: str | None) ->
             mine = [q for q in ids if families[q] == family]
             out["families"][family] = {
                 when: {"accuracy": sum(p[q]["verdict"] == "correct" for q in mine) / len(mine),
-                       **{s: sum(p[q].get("strategy") == s for q in mine) / len(mine) for s in STRATEGIES}}
+                       **strategy_shares(p[q] for q in mine)}
                 for when, p in (("iteration0", first), ("final", final))} | {"n": len(mine)}
     return out
-
-
 
 
 def against_reference(run, run_dir: Path, ref_dir: Path, last: int) -> dict:
     """SIKeD's last iteration against combined's, per eval set, on the same questions."""
     mine, ref = open_store(str(run_dir)), open_store(str(ref_dir))
-    manifests = list_manifests(ref)
-    out = {"own_stage_seconds": round(sum(m.get("duration_seconds") or 0.0 for k, m in manifests.items()
-                                          if k not in ITERATION0_PREFIXES), 1), "sets": {}}
+    out = {"own_stage_seconds": round(own_seconds(list_manifests(ref)), 1), "sets": {}}
     for name in eval_sets(run.spec):
         ours, theirs = predictions(mine, last, name), predictions(ref, last, name)
         ids = sorted(ours)
         assert ids == sorted(theirs), f"{name}: the two runs scored different questions"
         a, b = correct(ours, ids), correct(theirs, ids)
-        shares = {s: float(np.mean([r.get("strategy") == s for r in theirs.values()])) for s in STRATEGIES}
         out["sets"][name] = {"n": len(ids), "siked": float(a.mean()), "combined": float(b.mean()),
                              "siked_correct": a.astype(int).tolist(), "combined_correct": b.astype(int).tolist(),
-                             "diff": paired_bootstrap(a, b, seed=run.spec.seed), "combined_strategies": shares}
+                             "diff": paired_bootstrap(a, b, seed=run.spec.seed),
+                             "combined_strategies": strategy_shares(theirs.values())}
     return out
 
 

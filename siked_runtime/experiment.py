@@ -274,14 +274,19 @@ def collect(run: DistillationRun, run_dir: Path, shared: bool) -> dict:
             "shared": shared and t == 0,
             "predictions": _predictions(store, t),
         })
-    own = [k for k in manifests if not (shared and k in ITERATION0_PREFIXES)]
     return {
         "iterations": iterations,
         "best_iteration": report.get("best_iteration"),
         "steps": sum(i["steps"] or 0 for i in iterations),
         "seconds": sum(m.get("duration_seconds") or 0.0 for m in manifests.values()),
-        "own_seconds": sum(manifests[k].get("duration_seconds") or 0.0 for k in own),
+        "own_seconds": own_seconds(manifests, shared),
     }
+
+
+def own_seconds(manifests: dict[str, dict], shared: bool = True) -> float:
+    """A run's stage seconds, less its iteration 0's when that is shared with the seed's other arms."""
+    return sum(m.get("duration_seconds") or 0.0 for k, m in manifests.items()
+               if not (shared and k in ITERATION0_PREFIXES))
 
 
 def untrained(out: Path) -> dict:
