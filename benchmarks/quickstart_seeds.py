@@ -22,9 +22,9 @@ the self-generated data is best at). The forced-tag tables are kept in
 
 Reference (unless `--no-reference`): `combined`, the same run with mixing policy `teacher`,
 branches from each seed's iteration 0 (its teacher, train[0] and eval[0] stages, linked as the
-experiment's arms are) in `<work>/s<seed>-combined` and trains the same 30 steps on the teacher's
+experiment's arms are) in `<work>/s<seed>-combined` and trains iteration 1's steps on the teacher's
 rows only. SIKeD − combined at the last iteration, paired over the same questions, per seed and
-pooled over seeds: whether the quickstart's gain is self-guidance or just 30 more steps.
+pooled over seeds: whether the quickstart's gain is self-guidance or just more steps.
 """
 
 from __future__ import annotations

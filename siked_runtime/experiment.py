@@ -69,7 +69,8 @@ class ExperimentSpec(_Model):
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1, description="spec.seed of each run.")
     total_train_steps: int = Field(ge=1, description="Optimizer steps per run, summed over its training stages.")
     iteration0_steps: int | None = Field(
-        None, ge=1, description="Steps of the shared iteration 0 (unset: total / (iterations.max + 1)).")
+        None, ge=1, description="Steps of the shared iteration 0 (unset: the base's training.iteration0Steps, else "
+        "total / (iterations.max + 1)).")
     reference: str = Field("combined", description="The arm every other arm is compared with.")
     pilot: PilotSpec = Field(default_factory=lambda: PilotSpec(), description="The strategy pilot and its gate.")
     arms: list[Arm] = Field(min_length=2)
@@ -141,8 +142,18 @@ def branches(run: DistillationRun) -> bool:
     return run.spec.method == "siked"
 
 
-def iteration0_steps(experiment: ExperimentSpec, run: DistillationRun) -> int:
-    return experiment.iteration0_steps or max(experiment.total_train_steps // (run.spec.iterations.max + 1), 1)
+def iteration0_steps(experiment: ExperimentSpec, base: dict) -> int:
+    """The shared iteration 0's steps: the experiment's `iteration0Steps`, else the base spec's
+    `training.iteration0Steps`, else an even share of the total over the base's iterations."""
+    spec = parse_manifest(base, "the experiment's base").spec
+    return (experiment.iteration0_steps or spec.training.iteration0_steps
+            or max(experiment.total_train_steps // (spec.iterations.max + 1), 1))
+
+
+def _steps(steps: int) -> dict:
+    """A spec patch that gives every training stage of a run `steps` steps: the experiment counts
+    the steps itself, so a base spec's own `iteration0Steps` does not apply."""
+    return {"spec": {"training": {"maxSteps": steps, "iteration0Steps": None}}}
 
 
 def shared_run(experiment: ExperimentSpec, base: dict, seed: int) -> DistillationRun:
@@ -153,9 +164,7 @@ def shared_run(experiment: ExperimentSpec, base: dict, seed: int) -> Distillatio
                             "spec": {"method": "siked", "seed": seed, "iterations": {"max": 0},
                                      "evaluation": {"baseline": bool(wanted) and seed == experiment.seeds[0]}}})
     manifest = merge(manifest, {"spec": _NO_EARLY_STOP})
-    run = parse_manifest(manifest, "iteration 0")
-    steps = iteration0_steps(experiment, run)
-    return parse_manifest(merge(manifest, {"spec": {"training": {"maxSteps": steps}}}), "iteration 0")
+    return parse_manifest(merge(manifest, _steps(iteration0_steps(experiment, base))), "iteration 0")
 
 
 def arm_runs(experiment: ExperimentSpec, base: dict) -> list[tuple[Arm, int, DistillationRun]]:
@@ -185,7 +194,7 @@ def arm_runs(experiment: ExperimentSpec, base: dict) -> list[tuple[Arm, int, Dis
                                                          run.spec.last_iteration + 1)
             if steps < 1:
                 raise ValueError(f"arm {arm.name}: {experiment.total_train_steps} steps leave none per training stage")
-            manifest = merge(manifest, {"spec": {"training": {"maxSteps": steps}}})
+            manifest = merge(manifest, _steps(steps))
             runs.append((arm, seed, parse_manifest(manifest, f"arm {arm.name}")))
     return runs
 

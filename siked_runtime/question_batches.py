@@ -5,7 +5,7 @@ strategy from the tag that starts each row. Batches grouped by length (the CPU d
 `training.py`) are nearly one strategy each, since a program is shorter than a
 least-to-most decomposition; with a few dozen steps at a LoRA learning rate, the strategies
 of the last batches then decide the student's tag, whatever the questions (measured: after
-the quickstart's 30 steps the mean tag probability was pot 0.64–0.69 in two seeds and
+30 such steps on the quickstart's data the mean tag probability was pot 0.64–0.69 in two seeds and
 0.46 in a third, the same in every family). With `training.batchByQuestion` the sampler
 shuffles questions, not rows, and lays each question's rows next to each other, so a batch
 whose size is a multiple of the strategies' number holds the data's own strategy mix in

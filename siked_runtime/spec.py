@@ -404,6 +404,10 @@ class TrainingSpec(Spec):
         "batchSize × gradientAccumulation, does not change with the number of processes.")
     gradient_accumulation: int = Field(1, ge=1, le=4096, description="Gradient accumulation steps.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps per iteration; overrides epochs.")
+    iteration0_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps of iteration 0 (teacher rows, from the base model); unset: as every "
+        "iteration (maxSteps or epochs). Self-guidance needs a student that already solves part of the training "
+        "questions when it samples, so iteration 0 usually trains longer than the iterations that refine it.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of steps for linear warm-up.")
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="AdamW weight decay.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name: cosine, linear, constant, …")
@@ -416,6 +420,12 @@ class TrainingSpec(Spec):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, about a third more compute.")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Multi-process training.")
+
+    def for_iteration(self, iteration: int) -> TrainingSpec:
+        """The training settings of iteration `iteration`: iteration 0 takes `iteration0Steps` where set."""
+        if iteration == 0 and self.iteration0_steps is not None:
+            return self.model_copy(update={"max_steps": self.iteration0_steps, "iteration0_steps": None})
+        return self
 
     @field_validator("lr_scheduler")
     @classmethod

@@ -53,6 +53,24 @@ def test_every_arm_gets_the_same_training_steps(budget) -> None:
     assert {r.spec.mixing.policy for a, _, r in runs if a.name == experiment.reference} == {"teacher"}
 
 
+def test_the_experiment_counts_steps_itself_whatever_the_base_gives_iteration_0(tmp_path: Path) -> None:
+    base_doc = yaml.safe_load((ROOT / "examples" / "smoke.yaml").read_text())
+    base_doc["spec"]["training"].update({"iteration0Steps": 3, "maxSteps": 1})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base_doc))
+    # The base's own iteration0Steps is the shared iteration 0's when the experiment sets none ...
+    _, experiment, base = load_experiment(_experiment(tmp_path, base="base.yaml", iteration0Steps=None,
+                                                      totalTrainSteps=7))
+    first = shared_run(experiment, base, 0).spec.training
+    assert (first.max_steps, first.iteration0_steps) == (3, None)
+    steps = {arm.name: (run.spec.training.max_steps, run.spec.training.iteration0_steps)
+             for arm, seed, run in arm_runs(experiment, base) if seed == 0}
+    assert steps == {"combined": (4, None), "siked-all": (4, None), "pot-only": (7, None)}
+    # ... and the experiment's own wins over it.
+    _, experiment, base = load_experiment(_experiment(tmp_path, base="base.yaml", totalTrainSteps=7))
+    assert shared_run(experiment, base, 0).spec.training.max_steps == 2
+    assert {run.spec.training.max_steps for arm, _, run in arm_runs(experiment, base) if arm.name == "combined"} == {5}
+
+
 @pytest.mark.parametrize("budget", ["medium", "medium-routing", "medium-fp32"])
 def test_medium_budget_has_power_and_fits(budget) -> None:
     _, experiment, base = load_experiment(ROOT / "examples" / "experiment.yaml", budget)

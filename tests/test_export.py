@@ -48,7 +48,10 @@ def test_model_card_states_everything_a_user_needs():
     assert "# quickstart: a siked student" in card
     assert "`builtin:smollm2-135m-instruct` (HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert "method `siked`" in card and "policy `all`" in card and "Teacher**: `oracle`" in card
-    assert "LoRA (rank 16, alpha 32" in card and "30 optimizer steps" in card
+    assert "LoRA (rank 16, alpha 32" in card and "; 30 optimizer steps per iteration," in card
+    longer = spec.model_copy(update={"training": spec.training.model_copy(update={"iteration0_steps": 60})})
+    card0 = model_card_text("quickstart", longer, _report(), fmt, "<chat>" + build_prompt("<q>") + "</chat>")
+    assert "; 60 optimizer steps in iteration 0, then 30 optimizer steps per iteration," in card0
     assert "`synthetic-train`: 120 synthetic word problems (seed 1; piecewise, round_up, big_arithmetic)" in card
     assert PROMPT_TEMPLATE.format(instruction=INSTRUCTION, question="<the question>") in card
     assert "empty system turn" in card

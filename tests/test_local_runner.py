@@ -12,17 +12,24 @@ import pytest
 import yaml
 
 from siked_runtime.local_runner import run_local, with_limit
-from siked_runtime.spec import load_manifest
+from siked_runtime.spec import load_manifest, parse_manifest
 from siked_runtime.storage import list_manifests, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "examples" / "smoke.yaml"
 
 
+def smoke():
+    """The smoke profile with a longer iteration 0 (3 steps, then 2 per iteration)."""
+    manifest = yaml.safe_load(SMOKE.read_text())
+    manifest["spec"]["training"]["iteration0Steps"] = 3
+    return parse_manifest(manifest, "smoke")
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke")
-    report = run_local(load_manifest(SMOKE), run_dir)
+    report = run_local(smoke(), run_dir)
     return run_dir, report
 
 
@@ -34,6 +41,9 @@ def test_smoke_run_completes_the_whole_graph(smoke_run):
     assert (run_dir / "final" / "model" / "model.safetensors").exists()
     assert (run_dir / "iter-001" / "train" / "model" / "siked-spec.yaml").exists()
     assert yaml.safe_load((run_dir / "spec.yaml").read_text())["metadata"]["name"] == "smoke"
+    steps = [json.loads((run_dir / f"iter-00{t}" / "train" / "manifest.json").read_text())["training"]["steps"]
+             for t in (0, 1)]
+    assert steps == [3, 2]  # iteration0Steps, then maxSteps
 
 
 def test_report_contract(smoke_run):
@@ -62,14 +72,14 @@ def test_rerun_of_a_finished_run_redoes_nothing(smoke_run):
     run_dir, _ = smoke_run
     store = open_store(str(run_dir))
     before = {k: m["published_at"] for k, m in list_manifests(store).items()}
-    run_local(load_manifest(SMOKE), run_dir)
+    run_local(smoke(), run_dir)
     assert {k: m["published_at"] for k, m in list_manifests(store).items()} == before
 
 
 def test_a_different_spec_for_the_same_directory_is_refused(smoke_run):
     run_dir, _ = smoke_run
     with pytest.raises(ValueError, match="different spec"):
-        run_local(with_limit(load_manifest(SMOKE), 3), run_dir)
+        run_local(with_limit(smoke(), 3), run_dir)
 
 
 def test_killed_run_resumes_without_redoing_finished_stages(tmp_path):

@@ -34,6 +34,16 @@ def test_minimal_manifest_gets_documented_defaults():
     assert spec.backoff_limit == 3 and spec.suspend is False
 
 
+def test_iteration0_steps_apply_to_iteration_0_only():
+    training = parse_manifest(manifest(training={"maxSteps": 15, "iteration0Steps": 45})).spec.training
+    assert [training.for_iteration(t).max_steps for t in (0, 1, 2)] == [45, 15, 15]
+    assert training.for_iteration(0).iteration0_steps is None
+    plain = parse_manifest(manifest(training={"maxSteps": 15})).spec.training
+    assert plain.for_iteration(0) is plain and plain.for_iteration(0).max_steps == 15
+    with pytest.raises(SpecError, match="iteration0Steps"):
+        parse_manifest(manifest(training={"iteration0Steps": 0}))
+
+
 def test_yaml_file_roundtrip(tmp_path):
     text = yaml.safe_dump(manifest(mixing={"policy": "alpha", "alphaSchedule": [0.9, 0.5, 0.2]}))
     path = tmp_path / "run.yaml"

@@ -154,7 +154,9 @@ def model_card_text(name: str, spec: DistillationSpec, report: dict, fmt: dict, 
     origin = f" ({BUILTIN_ORIGINS[s.model]})" if s.model in BUILTIN_ORIGINS else ""
     finetune = (f"LoRA (rank {s.lora.rank}, alpha {s.lora.alpha}, {', '.join(s.lora.target_modules)}), merged"
                 if s.finetune == "lora" else "full fine-tuning")
-    steps = f"{t.max_steps} optimizer steps" if t.max_steps else f"{t.epochs:g} epochs"
+    steps = (f"{t.max_steps} optimizer steps" if t.max_steps else f"{t.epochs:g} epochs") + " per iteration"
+    if t.iteration0_steps is not None:
+        steps = f"{t.iteration0_steps} optimizer steps in iteration 0, then " + steps
     teacher = f"`{_name(spec.teacher.kind)}`" + (f" (`{spec.teacher.model}`)" if spec.teacher.model else "")
     d = spec.datasets
     validation = (_data_line(d.validation) if d.validation else
@@ -222,7 +224,7 @@ def model_card_text(name: str, spec: DistillationSpec, report: dict, fmt: dict, 
         "",
         "## How it was made",
         "",
-        f"* **Base model**: `{s.model}`{origin}, {finetune}; {steps} per iteration, learning rate {t.learning_rate:g}, "
+        f"* **Base model**: `{s.model}`{origin}, {finetune}; {steps}, learning rate {t.learning_rate:g}, "
         f"batch size {t.batch_size}, at most {s.max_seq_length} tokens per row.",
         f"* **Method**: `{_name(spec.method)}`: {_method_text(spec)}",
         f"* **Teacher**: {teacher}, strategies {', '.join(f'`{x}`' for x in spec.strategies)}; only solutions "
