@@ -407,7 +407,8 @@ class TrainingSpec(Spec):
     iteration0_steps: int | None = Field(
         None, ge=1, description="Optimizer steps of iteration 0 (teacher rows, from the base model); unset: as every "
         "iteration (maxSteps or epochs). Self-guidance needs a student that already solves part of the training "
-        "questions when it samples, so iteration 0 usually trains longer than the iterations that refine it.")
+        "questions when it samples, so iteration 0 usually trains longer than the iterations that refine it. "
+        "SKIntern's stages keep skintern.epochsPerStage.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of steps for linear warm-up.")
     weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="AdamW weight decay.")
     lr_scheduler: str = Field("cosine", description="transformers scheduler name: cosine, linear, constant, …")

@@ -95,8 +95,7 @@ def run_train(spec: DistillationSpec, store: Store, iteration: int) -> dict:
             summary, schedule = train_internalized(spec, store, iteration, rows, base, out, Path(scratch))
         else:
             summary = train_sft(str(base), rows, out, spec.student, spec.training.for_iteration(iteration),
-                                seed=spec.seed + iteration,
-                                label=prefix)
+                                seed=spec.seed + iteration, label=prefix)
         if leader:
             (out / "siked-spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json", by_alias=True)))
     return {
